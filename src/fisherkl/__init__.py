@@ -1,0 +1,40 @@
+"""fisherkl: the Fisher information of any model, and the KL divergences it predicts.
+
+For a parametric model p(x|θ), KL[p_θ ‖ p_θ+δ] ≈ ½ δᵀ I(θ) δ, with I(θ) = E[∇log p ∇log pᵀ].
+"""
+
+from __future__ import annotations
+
+from . import families
+from .constraints import Constraint
+from .divergence import chi2, jeffreys, jeffreys_quadratic, kl, kl_quadratic
+from .errors import ConvergenceError, FisherKLError, NonRegularModelError, ParameterError, RouteError
+from .estimate import Estimate
+from .families import Family, family
+from .fisher import METHODS, available_routes, fisher
+from .model import Model, Param
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "Constraint",
+    "ConvergenceError",
+    "Estimate",
+    "Family",
+    "FisherKLError",
+    "Model",
+    "NonRegularModelError",
+    "Param",
+    "ParameterError",
+    "RouteError",
+    "available_routes",
+    "chi2",
+    "families",
+    "family",
+    "fisher",
+    "jeffreys",
+    "jeffreys_quadratic",
+    "kl",
+    "kl_quadratic",
+]

@@ -1,0 +1,75 @@
+"""Parameter constraints: readable, checkable, and mapped to torch's constraint registry.
+
+Each constraint checks a tensor elementwise, describes itself in words for error messages, and
+names the matching ``torch.distributions.constraints`` object (used by ``biject_to``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.distributions import constraints as tc
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """An interval ``(low, high)`` with open or closed ends; ``integer`` restricts to integers."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    low_open: bool = True
+    high_open: bool = True
+    integer: bool = False
+
+    def check(self, x: torch.Tensor) -> torch.Tensor:
+        """Boolean tensor: which entries of ``x`` satisfy it (NaN and ±inf never do)."""
+        ok = torch.isfinite(x)
+        if not math.isinf(self.low):
+            ok = ok & ((x > self.low) if self.low_open else (x >= self.low))
+        if not math.isinf(self.high):
+            ok = ok & ((x < self.high) if self.high_open else (x <= self.high))
+        if self.integer:
+            ok = ok & (x == torch.round(x))
+        return ok
+
+    def __str__(self) -> str:
+        kind = "an integer" if self.integer else "a finite number"
+        if math.isinf(self.low) and math.isinf(self.high):
+            return kind
+        if math.isinf(self.high):
+            return f"{kind} {'>' if self.low_open else '>='} {_fmt(self.low)}"
+        if math.isinf(self.low):
+            return f"{kind} {'<' if self.high_open else '<='} {_fmt(self.high)}"
+        lo = "(" if self.low_open else "["
+        hi = ")" if self.high_open else "]"
+        return f"{kind} in {lo}{_fmt(self.low)}, {_fmt(self.high)}{hi}"
+
+    def to_torch(self) -> tc.Constraint:
+        """The torch constraint with the same set (for ``torch.distributions.biject_to``)."""
+        if math.isinf(self.low) and math.isinf(self.high):
+            return tc.real
+        if math.isinf(self.high):
+            return tc.greater_than(self.low)
+        if math.isinf(self.low):
+            return tc.less_than(self.high)
+        return tc.interval(self.low, self.high)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:g}"
+
+
+real = Constraint()
+positive = Constraint(low=0.0)
+unit_interval = Constraint(low=0.0, high=1.0)
+positive_integer = Constraint(low=1.0, low_open=False, integer=True)
+
+
+def greater_than(low: float) -> Constraint:
+    return Constraint(low=low)
+
+
+def interval(low: float, high: float) -> Constraint:
+    return Constraint(low=low, high=high)

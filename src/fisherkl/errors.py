@@ -1,0 +1,27 @@
+"""Exceptions raised by fisherkl.
+
+Every error a user can cause is one of these, with a message that names the parameter, the
+constraint and the value that broke it.
+"""
+
+from __future__ import annotations
+
+
+class FisherKLError(Exception):
+    """Base class of fisherkl's own exceptions."""
+
+
+class ParameterError(FisherKLError, ValueError):
+    """A parameter value (θ, δ, a fixed argument) violates its constraint or has the wrong shape."""
+
+
+class NonRegularModelError(FisherKLError, ValueError):
+    """The Fisher information does not exist: the model's support depends on its parameters."""
+
+
+class RouteError(FisherKLError, ValueError):
+    """A requested route (method) is not available for this model, with the reason."""
+
+
+class ConvergenceError(FisherKLError, RuntimeError):
+    """A numerical expectation (series or quadrature) did not reach its tolerance."""

@@ -1,0 +1,26 @@
+"""The catalogue of ready-made families: ``fisherkl.family(name, **fixed)``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ParameterError
+from . import continuous, discrete, multivariate, nonregular  # noqa: F401  (registration)
+from .base import _REGISTRY, Family, Fixed, register
+
+
+def names() -> list[str]:
+    """Names of every family in the catalogue, in registration order."""
+    return list(_REGISTRY)
+
+
+def family(name: str, **fixed: Any) -> Family:
+    """The family called ``name``, with fixed arguments (e.g. ``total_count=20``, ``k=4``)."""
+    try:
+        cls = _REGISTRY[name.lower()]
+    except KeyError:
+        raise ParameterError(f"unknown family {name!r}; known families: {', '.join(names())}") from None
+    return cls(**fixed)
+
+
+__all__ = ["Family", "Fixed", "family", "names", "register"]

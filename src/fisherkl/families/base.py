@@ -1,0 +1,127 @@
+"""Family: a :class:`~fisherkl.model.Model` with a name, named parameters and closed forms.
+
+A family's parameters follow the order and names of the matching ``torch.distributions``
+constructor. Fixed (non-estimated) arguments, such as a binomial's ``total_count``, are given
+when the family is made: ``family("binomial", total_count=20)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+from ..constraints import Constraint
+from ..errors import ParameterError
+from ..model import Model, Param
+
+_REGISTRY: dict[str, type[Family]] = {}
+
+
+def register(cls: type[Family]) -> type[Family]:
+    """Class decorator adding a family to the catalogue under ``cls.name``."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"family {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+class Fixed:
+    """A fixed argument: its constraint, default and meaning."""
+
+    def __init__(self, constraint: Constraint, default: float, doc: str, cast: Callable[[Any], Any] = int):
+        self.constraint, self.default, self.doc, self.cast = constraint, default, doc, cast
+
+
+class Family(Model):
+    """A named parametric family with closed forms where they exist.
+
+    Subclasses set ``name``, ``torch_name``, ``fixed`` (fixed arguments), implement
+    :meth:`param_spec`, :meth:`make` (θ ↦ distribution) and, where known, :meth:`fisher_formula`.
+    KL defaults to torch's registry; subclasses may override :meth:`kl_formula`.
+    """
+
+    name: ClassVar[str] = ""
+    torch_name: ClassVar[str] = ""
+    fixed: ClassVar[dict[str, Fixed]] = {}
+    typical_theta: ClassVar[tuple[float, ...]] = ()
+    description: ClassVar[str] = ""
+
+    def __init__(self, **fixed: Any) -> None:
+        unknown = set(fixed) - set(self.fixed)
+        if unknown:
+            allowed = ", ".join(self.fixed) or "none"
+            raise ParameterError(
+                f"{self.name}: unknown fixed argument(s) {', '.join(sorted(unknown))} (allowed: {allowed})"
+            )
+        self.fixed_values: dict[str, Any] = {}
+        for key, spec in self.fixed.items():
+            value = fixed.get(key, spec.default)
+            try:
+                ok = bool(spec.constraint.check(torch.as_tensor(float(value))))
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise ParameterError(f"{self.name}: fixed argument '{key}' must be {spec.constraint}, got {value!r}")
+            self.fixed_values[key] = spec.cast(value)
+        self.params: tuple[Param, ...] = tuple(self.param_spec())
+        names = [n for p in self.params for n in p.coordinate_names()]
+        cons = [p.constraint for p in self.params for _ in range(p.size)]
+        super().__init__(self.make, len(names), names, cons, name=self.name)
+
+    def __repr__(self) -> str:
+        fixed = "".join(f", {k}={v!r}" for k, v in self.fixed_values.items())
+        return f"family({self.name!r}{fixed})"
+
+    # --- to be provided by subclasses -----------------------------------------------------------
+    def param_spec(self) -> list[Param]:
+        raise NotImplementedError
+
+    def make(self, theta: Tensor) -> Distribution:
+        """θ ``[..., d]`` ↦ the torch distribution (θ already validated)."""
+        raise NotImplementedError
+
+    def fisher_formula(self, theta: Tensor) -> Tensor | None:
+        """Closed-form Fisher information ``[..., d, d]`` for one observation, or None."""
+        return None
+
+    def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor | None:
+        """Closed-form KL; default: torch's registry on the two distributions."""
+        return Model.closed_kl(self, theta_p, theta_q)
+
+    # --- Model interface ------------------------------------------------------------------------
+    def closed_fisher(self, theta: Tensor) -> Tensor | None:
+        return self.fisher_formula(theta)
+
+    def closed_kl(self, theta_p: Tensor, theta_q: Tensor) -> Tensor | None:
+        return self.kl_formula(theta_p, theta_q)
+
+    def has_closed_kl(self, theta: Tensor) -> bool:
+        return Model.has_closed_kl(self, theta)
+
+    def typical(self, dtype: torch.dtype = torch.float64) -> Tensor:
+        """A typical parameter value, for demos, tables and the CLI."""
+        return torch.tensor(self.typical_theta, dtype=dtype)
+
+    def param_table(self) -> list[tuple[str, str]]:
+        """(name, constraint) pairs in θ order, for listings."""
+        return [(p.name + (f"[{p.size}]" if p.size > 1 else ""), str(p.constraint)) for p in self.params]
+
+
+def split(theta: Tensor) -> tuple[Tensor, ...]:
+    """θ ``[..., d]`` → d tensors ``[...]``."""
+    return tuple(theta.unbind(-1))
+
+
+def diag_matrix(*entries: Tensor) -> Tensor:
+    """Diagonal ``[..., d, d]`` from d broadcastable tensors."""
+    return torch.diag_embed(torch.stack(torch.broadcast_tensors(*entries), -1))
+
+
+def sym2(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+    """``[[a, b], [b, c]]`` stacked to ``[..., 2, 2]``."""
+    a, b, c = torch.broadcast_tensors(a, b, c)
+    return torch.stack([torch.stack([a, b], -1), torch.stack([b, c], -1)], -2)

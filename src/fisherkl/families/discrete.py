@@ -1,0 +1,77 @@
+"""Discrete families: counts, trials and categories (one observation each)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+from torch.distributions import Bernoulli, Binomial, Distribution, Geometric, Poisson
+
+from ..constraints import positive, positive_integer, unit_interval
+from ..model import Param
+from .base import Family, Fixed, register
+
+
+class OneProbability(Family):
+    """Families with a single success probability ``probs`` in (0, 1)."""
+
+    typical_theta = (0.3,)
+
+    def param_spec(self) -> list[Param]:
+        return [Param("probs", unit_interval)]
+
+
+@register
+class BernoulliFamily(OneProbability):
+    name = "bernoulli"
+    torch_name = "Bernoulli"
+    description = "Bernoulli(probs p)"
+
+    def make(self, theta: Tensor) -> Distribution:
+        return Bernoulli(probs=theta[..., 0], validate_args=False)
+
+    def fisher_formula(self, theta: Tensor) -> Tensor:
+        return 1 / (theta * (1 - theta)).unsqueeze(-1)
+
+
+@register
+class BinomialFamily(OneProbability):
+    name = "binomial"
+    torch_name = "Binomial"
+    description = "Binomial(total_count n fixed, probs p)"
+    fixed = {"total_count": Fixed(positive_integer, 10, "number of trials n")}
+
+    def make(self, theta: Tensor) -> Distribution:
+        n = self.fixed_values["total_count"]
+        return Binomial(n, probs=theta[..., 0], validate_args=False)
+
+    def fisher_formula(self, theta: Tensor) -> Tensor:
+        return self.fixed_values["total_count"] / (theta * (1 - theta)).unsqueeze(-1)
+
+
+@register
+class GeometricFamily(OneProbability):
+    name = "geometric"
+    torch_name = "Geometric"
+    description = "failures before the first success, success probability p"
+
+    def make(self, theta: Tensor) -> Distribution:
+        return Geometric(probs=theta[..., 0], validate_args=False)
+
+    def fisher_formula(self, theta: Tensor) -> Tensor:
+        return 1 / (theta.square() * (1 - theta)).unsqueeze(-1)
+
+
+@register
+class PoissonFamily(Family):
+    name = "poisson"
+    torch_name = "Poisson"
+    description = "Poisson(rate λ)"
+    typical_theta = (3.5,)
+
+    def param_spec(self) -> list[Param]:
+        return [Param("rate", positive)]
+
+    def make(self, theta: Tensor) -> Distribution:
+        return Poisson(theta[..., 0], validate_args=False)
+
+    def fisher_formula(self, theta: Tensor) -> Tensor:
+        return (1 / theta).unsqueeze(-1)

@@ -1,0 +1,82 @@
+"""Families over categories and the simplex: categorical and Dirichlet."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.distributions import Categorical, Dirichlet, Distribution
+
+from ..constraints import Constraint, positive, unit_interval
+from ..model import Param
+from ..special import trigamma
+from .base import Family, Fixed, register
+
+categories = Constraint(low=2.0, low_open=False, integer=True)
+
+
+@register
+class CategoricalFamily(Family):
+    """θ = (p₁, …, p_{k−1}); p_k = 1 − Σθ. Fisher I_ij = δ_ij/p_i + 1/p_k."""
+
+    name = "categorical"
+    torch_name = "Categorical"
+    description = "Categorical over k categories; θ = the first k−1 probabilities"
+    fixed = {"k": Fixed(categories, 3, "number of categories")}
+
+    @property
+    def typical_theta(self) -> tuple[float, ...]:  # type: ignore[override]
+        k = self.fixed_values["k"]
+        return tuple(float(i + 1) / (k * (k + 1) / 2) for i in range(k - 1))
+
+    def param_spec(self) -> list[Param]:
+        return [Param("probs", unit_interval, self.fixed_values["k"] - 1)]
+
+    def _check_joint(self, theta: Tensor, what: str) -> None:
+        total = theta.sum(-1)
+        ok = total < 1
+        if not bool(ok.all()):
+            self._raise_at(
+                total, ok, "the probabilities 'probs' must sum to less than 1 (the last one is 1 − sum)", what
+            )
+
+    @staticmethod
+    def full_probs(theta: Tensor) -> Tensor:
+        return torch.cat([theta, 1 - theta.sum(-1, keepdim=True)], -1)
+
+    def make(self, theta: Tensor) -> Distribution:
+        return Categorical(probs=self.full_probs(theta), validate_args=False)
+
+    def fisher_formula(self, theta: Tensor) -> Tensor:
+        last = 1 - theta.sum(-1)
+        k1 = theta.shape[-1]
+        ones = torch.ones(k1, k1, dtype=theta.dtype, device=theta.device)
+        return torch.diag_embed(1 / theta) + ones / last[..., None, None]
+
+    def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        # Σ p_i (log p_i − log q_i), written without torch's masked in-place writes (vmap-safe).
+        p, q = self.full_probs(theta_p), self.full_probs(theta_q)
+        return torch.sum(torch.xlogy(p, p) - torch.xlogy(p, q), -1)
+
+
+@register
+class DirichletFamily(Family):
+    name = "dirichlet"
+    torch_name = "Dirichlet"
+    description = "Dirichlet(concentration α₁..α_k)"
+    fixed = {"k": Fixed(categories, 3, "number of categories")}
+
+    @property
+    def typical_theta(self) -> tuple[float, ...]:  # type: ignore[override]
+        return tuple(1.5 + 0.5 * i for i in range(self.fixed_values["k"]))
+
+    def param_spec(self) -> list[Param]:
+        return [Param("concentration", positive, self.fixed_values["k"])]
+
+    def make(self, theta: Tensor) -> Distribution:
+        return Dirichlet(theta, validate_args=False)
+
+    def fisher_formula(self, theta: Tensor) -> Tensor:
+        k = theta.shape[-1]
+        ones = torch.ones(k, k, dtype=theta.dtype, device=theta.device)
+        total = trigamma(theta.sum(-1))[..., None, None]
+        return torch.diag_embed(trigamma(theta)) - total * ones

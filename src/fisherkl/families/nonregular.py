@@ -1,0 +1,40 @@
+"""Non-regular families: the support moves with θ, so no Fisher information exists."""
+
+from __future__ import annotations
+
+from torch import Tensor
+from torch.distributions import Distribution, Uniform
+
+from ..constraints import real
+from ..model import Param
+from .base import Family, register
+
+
+@register
+class UniformFamily(Family):
+    name = "uniform"
+    torch_name = "Uniform"
+    description = "Uniform(low, high) — non-regular: no Fisher information"
+    typical_theta = (0.0, 1.0)
+    regular = False
+    why_not_regular = (
+        "its support [low, high] depends on the parameters, so log p is not differentiable in θ "
+        "at the support's edges and E[score] ≠ 0: the Fisher information (and the quadratic "
+        "approximation of KL) does not exist; KL between two uniforms is still exact via fisherkl.kl"
+    )
+
+    def param_spec(self) -> list[Param]:
+        return [Param("low", real), Param("high", real)]
+
+    def _check_joint(self, theta: Tensor, what: str) -> None:
+        ok = theta[..., 0] < theta[..., 1]
+        if not bool(ok.all()):
+            self._raise_at(
+                theta[..., 1] - theta[..., 0],
+                ok,
+                "parameter 'high' must be greater than 'low' (high − low shown)",
+                what,
+            )
+
+    def make(self, theta: Tensor) -> Distribution:
+        return Uniform(theta[..., 0], theta[..., 1], validate_args=False)

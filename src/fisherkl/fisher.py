@@ -1,0 +1,172 @@
+"""Routes to the Fisher information I(θ) = E[∇log p ∇log pᵀ] = −E[∇² log p].
+
+``fisher(model, theta, method)`` with ``method`` one of
+
+* ``"closed"``: the family's own formula;
+* ``"kl_hessian"``: ∇²_δ KL[p_θ ‖ p_{θ+δ}] at δ = 0 by autodiff of a closed-form KL — exact, and
+  accurate in float32 where the KL itself at small δ is not;
+* ``"jeffreys_hessian"``: ½ ∇²_δ (KL[p_θ‖p_{θ+δ}] + KL[p_{θ+δ}‖p_θ]) at δ = 0;
+* ``"score"``: E[s sᵀ] with s = ∇_θ log p(x|θ);
+* ``"neg_hessian"``: −E[∇²_θ log p(x|θ)];
+* ``"auto"``: the best exact route the model has (closed → kl_hessian → exact score → MC score).
+
+Expectations (``score``, ``neg_hessian``) are exact where the support allows (finite sums,
+truncated series with a tail bound, 1-D quadrature) and Monte Carlo otherwise, chosen by
+``expectation="auto" | "exact" | "mc"``. Shapes: θ ``[..., d]`` → I ``[..., d, d]``, in θ's dtype
+and device. Pass ``return_error=True`` for an :class:`~fisherkl.estimate.Estimate` with the
+stated error (standard error for Monte Carlo).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from .derivatives import hessian_at_zero, log_prob_derivatives
+from .errors import NonRegularModelError, RouteError
+from .estimate import Estimate
+from .expectation import exact_scheme, expect_exact, expect_mc
+from .model import Model, no_argument_validation
+
+Method = Literal["auto", "closed", "kl_hessian", "jeffreys_hessian", "score", "neg_hessian"]
+Expectation = Literal["auto", "exact", "mc"]
+METHODS: tuple[str, ...] = ("auto", "closed", "kl_hessian", "jeffreys_hessian", "score", "neg_hessian")
+
+
+def require_regular(model: Model) -> None:
+    if not model.regular:
+        why = getattr(model, "why_not_regular", "its support depends on the parameters")
+        raise NonRegularModelError(f"{model.name}: the Fisher information does not exist: {why}")
+
+
+def fisher(
+    model: Model,
+    theta: Any,
+    method: Method = "auto",
+    *,
+    expectation: Expectation = "auto",
+    n_samples: int = 20_000,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    rtol: float = 1e-11,
+    return_error: bool = False,
+) -> Tensor | Estimate:
+    """The Fisher information of ``model`` at ``theta`` (one observation), ``[..., d, d]``.
+
+    See the module docstring for the routes. Raises :class:`~fisherkl.errors.ParameterError`
+    for invalid θ, :class:`~fisherkl.errors.NonRegularModelError` for non-regular models, and
+    :class:`~fisherkl.errors.RouteError` when the requested route does not exist for the model.
+    """
+    theta = model.validate(theta)
+    require_regular(model)
+    if method not in METHODS:
+        raise RouteError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if expectation not in ("auto", "exact", "mc"):
+        raise RouteError(f"unknown expectation {expectation!r}; choose 'auto', 'exact' or 'mc'")
+    with no_argument_validation():
+        if method == "auto":
+            method = auto_method(model, theta)  # type: ignore[assignment]
+        if method == "closed":
+            value = model.closed_fisher(theta)
+            if value is None:
+                raise RouteError(
+                    f"{model.name}: no closed-form Fisher; available routes: {', '.join(available_routes(model, theta))}"
+                )
+            est = Estimate(value, torch.zeros_like(value), "closed")
+        elif method in ("kl_hessian", "jeffreys_hessian"):
+            est = _kl_route(model, theta, method)
+        else:
+            est = _expectation_route(model, theta, method, expectation, n_samples, seed, generator, rtol)
+    return est if return_error else est.value
+
+
+def auto_method(model: Model, theta: Tensor) -> str:
+    """The route ``method="auto"`` takes at θ."""
+    if model.closed_fisher(theta) is not None:
+        return "closed"
+    if model.has_closed_kl(theta):
+        return "kl_hessian"
+    return "score"
+
+
+def available_routes(model: Model, theta: Tensor) -> list[str]:
+    """Routes that work for ``model`` at θ; '(mc)' marks those that are Monte Carlo only."""
+    routes = []
+    with no_argument_validation():
+        if model.closed_fisher(theta) is not None:
+            routes.append("closed")
+        if model.has_closed_kl(theta):
+            routes += ["kl_hessian", "jeffreys_hessian"]
+        exact = exact_scheme(model.distribution(theta)) is not None
+    suffix = "" if exact else " (mc)"
+    routes.append("score" + suffix)
+    if model.twice_differentiable:
+        routes.append("neg_hessian" + suffix)
+    return routes
+
+
+def _kl_route(model: Model, theta: Tensor, method: str) -> Estimate:
+    if not model.has_closed_kl(theta):
+        raise RouteError(
+            f"{model.name}: route {method!r} needs a closed-form KL, which this model lacks; "
+            "use method='score' or 'neg_hessian' (or give Model(..., kl=...))"
+        )
+    if method == "kl_hessian":
+
+        def div(delta: Tensor) -> Tensor:
+            return _closed_kl(model, theta, theta + delta)
+
+        value = hessian_at_zero(div, theta)
+    else:
+
+        def div(delta: Tensor) -> Tensor:
+            return _closed_kl(model, theta, theta + delta) + _closed_kl(model, theta + delta, theta)
+
+        value = 0.5 * hessian_at_zero(div, theta)
+    value = 0.5 * (value + value.transpose(-1, -2))
+    return Estimate(value, torch.zeros_like(value), method)
+
+
+def _closed_kl(model: Model, tp: Tensor, tq: Tensor) -> Tensor:
+    kl = model.closed_kl(tp, tq)
+    assert kl is not None
+    return kl
+
+
+def _expectation_route(
+    model: Model,
+    theta: Tensor,
+    method: str,
+    expectation: str,
+    n_samples: int,
+    seed: int | None,
+    generator: torch.Generator | None,
+    rtol: float,
+) -> Estimate:
+    if method == "neg_hessian" and not model.twice_differentiable:
+        why = getattr(model, "why_not_twice_differentiable", "log p is not twice differentiable in θ")
+        raise RouteError(f"{model.name}: route 'neg_hessian' does not apply: {why}")
+    dist = model.distribution(theta.detach())
+    order = 2 if method == "neg_hessian" else 1
+
+    def integrand(x: Tensor) -> tuple[Tensor, Tensor]:
+        logp, score, hess = log_prob_derivatives(model, theta, x, order)
+        if hess is not None:
+            return logp, -hess
+        return logp, score.unsqueeze(-1) * score.unsqueeze(-2)
+
+    scheme = exact_scheme(dist)
+    if expectation == "exact" and scheme is None:
+        raise RouteError(
+            f"{model.name}: no exact expectation for {type(dist).__name__} with event shape "
+            f"{tuple(dist.event_shape)}; use expectation='mc' (Monte Carlo with a standard error)"
+        )
+    if expectation != "mc" and scheme is not None:
+        value, error, scheme = expect_exact(dist, integrand, rtol=rtol)
+        value = 0.5 * (value + value.transpose(-1, -2))
+        return Estimate(value, error, f"{method}/{scheme}")
+    value, se = expect_mc(dist, integrand, n_samples=n_samples, seed=seed, generator=generator)
+    value = 0.5 * (value + value.transpose(-1, -2))
+    return Estimate(value, se, f"{method}/mc", n_samples)

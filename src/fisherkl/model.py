@@ -1,0 +1,200 @@
+"""The model abstraction: a map from parameters θ ∈ ℝ^d to a probability distribution.
+
+A :class:`Model` wraps any function ``θ ↦ torch.distributions.Distribution``. θ has shape
+``[..., d]``; the distribution it returns has ``batch_shape == θ.shape[:-1]``. Every public entry
+point validates θ first and raises :class:`~fisherkl.errors.ParameterError` naming the parameter,
+its constraint and the offending value, so that no route ever returns a silent NaN.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+from torch.distributions.kl import kl_divergence
+
+from .constraints import Constraint, real
+from .errors import ParameterError
+
+DistributionFn = Callable[[Tensor], Distribution]
+KLFn = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class Param:
+    """A named parameter block of ``size`` coordinates, each satisfying ``constraint``."""
+
+    name: str
+    constraint: Constraint = real
+    size: int = 1
+
+    def coordinate_names(self) -> list[str]:
+        if self.size == 1:
+            return [self.name]
+        return [f"{self.name}[{i}]" for i in range(self.size)]
+
+
+@contextlib.contextmanager
+def no_argument_validation() -> Iterator[None]:
+    """Switch off torch.distributions' own argument checks (θ is validated by the model)."""
+    old = Distribution._validate_args
+    Distribution.set_default_validate_args(False)
+    try:
+        yield
+    finally:
+        Distribution.set_default_validate_args(old)
+
+
+def as_parameter_tensor(value: Any, what: str = "theta", like: Tensor | None = None) -> Tensor:
+    """Convert ``value`` to a floating tensor (keeping a floating input's dtype and device)."""
+    if isinstance(value, Tensor):
+        t = value
+    else:
+        try:
+            t = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ParameterError(f"{what} must be numeric, got {value!r}") from exc
+    if not (t.is_floating_point()):
+        if t.is_complex():
+            raise ParameterError(f"{what} must be real, got a complex tensor")
+        dtype = like.dtype if like is not None else torch.get_default_dtype()
+        t = t.to(dtype)
+    if like is not None and (t.dtype != like.dtype or t.device != like.device):
+        t = t.to(dtype=torch.promote_types(t.dtype, like.dtype), device=like.device)
+    return t
+
+
+class Model:
+    """A parametric model θ ↦ p(x | θ).
+
+    Parameters
+    ----------
+    fn:
+        Maps θ of shape ``[..., dim]`` to a ``torch.distributions.Distribution`` whose
+        ``batch_shape`` is ``θ.shape[:-1]``. It must be differentiable in θ (use torch ops).
+    dim:
+        d, the number of parameters.
+    names:
+        One name per coordinate (default ``theta[0]``, ``theta[1]``, …), used in error messages.
+    constraints:
+        One :class:`~fisherkl.constraints.Constraint` per coordinate (default: any finite real).
+    kl:
+        Optional closed-form ``kl(theta_p, theta_q) -> [...]``. Without it, torch's KL registry
+        is used where it knows the pair of distribution types, else exact sums/quadrature/MC.
+    name:
+        A label for messages and tables.
+
+    Example
+    -------
+    >>> import torch, fisherkl
+    >>> m = fisherkl.Model(lambda t: torch.distributions.Normal(t[..., 0], t[..., 1].exp()), 2,
+    ...                    names=["mu", "log_sigma"])
+    >>> fisherkl.fisher(m, torch.tensor([0.0, 0.0], dtype=torch.float64))  # diag(1, 2)
+    tensor([[1., 0.],
+            [0., 2.]], dtype=torch.float64)
+    """
+
+    regular: bool = True
+    twice_differentiable: bool = True
+
+    def __init__(
+        self,
+        fn: DistributionFn,
+        dim: int,
+        names: Sequence[str] | None = None,
+        constraints: Sequence[Constraint] | None = None,
+        *,
+        kl: KLFn | None = None,
+        name: str = "model",
+    ) -> None:
+        if not callable(fn):
+            raise TypeError(f"Model: fn must be callable θ -> Distribution, got {type(fn).__name__}")
+        if not isinstance(dim, int) or dim < 1:
+            raise ParameterError(f"Model: dim must be a positive integer, got {dim!r}")
+        names = [f"theta[{i}]" for i in range(dim)] if names is None else list(names)
+        if len(names) != dim:
+            raise ParameterError(f"Model: names has {len(names)} entries but dim is {dim}")
+        cons = [real] * dim if constraints is None else list(constraints)
+        if len(cons) != dim:
+            raise ParameterError(f"Model: constraints has {len(cons)} entries but dim is {dim}")
+        self._fn = fn
+        self.dim = dim
+        self.names: tuple[str, ...] = tuple(names)
+        self.constraints: tuple[Constraint, ...] = tuple(cons)
+        self._kl = kl
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, names={list(self.names)})"
+
+    # --- validation ---------------------------------------------------------------------------
+    def validate(self, theta: Any, what: str = "theta") -> Tensor:
+        """Return θ as a floating tensor ``[..., dim]`` or raise :class:`ParameterError`."""
+        t = as_parameter_tensor(theta, what)
+        if t.ndim == 0 and self.dim == 1:
+            t = t.reshape(1)
+        if t.ndim == 0 or t.shape[-1] != self.dim:
+            raise ParameterError(
+                f"{self.name}: {what} must have last dimension {self.dim} "
+                f"({', '.join(self.names)}), got shape {tuple(t.shape)}"
+            )
+        for i, (pname, cons) in enumerate(zip(self.names, self.constraints)):
+            ok = cons.check(t[..., i])
+            if not bool(ok.all()):
+                self._raise_at(t[..., i], ok, f"parameter '{pname}' must be {cons}", what)
+        self._check_joint(t, what)
+        return t
+
+    def _check_joint(self, theta: Tensor, what: str) -> None:
+        """Constraints that couple coordinates (e.g. probabilities summing to < 1)."""
+
+    def _raise_at(self, values: Tensor, ok: Tensor, message: str, what: str) -> None:
+        bad = (~ok).nonzero()[0].tolist() if ok.ndim else []
+        value = values[tuple(bad)] if bad else values
+        where = f" at {what} index {tuple(bad)}" if bad else ""
+        raise ParameterError(f"{self.name}: {message}, got {float(value.detach()):g}{where}")
+
+    # --- the map θ ↦ distribution --------------------------------------------------------------
+    def __call__(self, theta: Any) -> Distribution:
+        """The distribution p(· | θ) for validated θ."""
+        return self.distribution(self.validate(theta))
+
+    def distribution(self, theta: Tensor) -> Distribution:
+        """The distribution at θ, without validating θ (internal; θ must be valid)."""
+        try:
+            return self._fn(theta)
+        except ParameterError:
+            raise
+        except (ValueError, RuntimeError) as exc:
+            raise ParameterError(f"{self.name}: the model rejected theta: {exc}") from exc
+
+    def log_prob(self, theta: Any, x: Tensor) -> Tensor:
+        """log p(x | θ), broadcasting x against θ's batch shape."""
+        return self(theta).log_prob(x)
+
+    # --- closed forms (none for a plain model) -------------------------------------------------
+    def closed_fisher(self, theta: Tensor) -> Tensor | None:
+        """The Fisher information in closed form, ``[..., d, d]``, or None if there is none."""
+        return None
+
+    def closed_kl(self, theta_p: Tensor, theta_q: Tensor) -> Tensor | None:
+        """KL[p_θp ‖ p_θq] in closed form, or None when no closed form is known."""
+        if self._kl is not None:
+            return self._kl(theta_p, theta_q)
+        p, q = self.distribution(theta_p), self.distribution(theta_q)
+        try:
+            return kl_divergence(p, q)
+        except NotImplementedError:
+            return None
+
+    def has_closed_kl(self, theta: Tensor) -> bool:
+        """Whether :meth:`closed_kl` gives an answer near θ."""
+        if self._kl is not None:
+            return True
+        with no_argument_validation():
+            return self.closed_kl(theta, theta) is not None
