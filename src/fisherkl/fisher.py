@@ -71,9 +71,8 @@ def fisher(
         if method == "closed":
             value = model.closed_fisher(theta)
             if value is None:
-                raise RouteError(
-                    f"{model.name}: no closed-form Fisher; available routes: {', '.join(available_routes(model, theta))}"
-                )
+                routes = ", ".join(available_routes(model, theta))
+                raise RouteError(f"{model.name}: no closed-form Fisher; available routes: {routes}")
             est = Estimate(value, torch.zeros_like(value), "closed")
         elif method in ("kl_hessian", "jeffreys_hessian"):
             est = _kl_route(model, theta, method)
