@@ -35,16 +35,16 @@ class Constraint:
         return ok
 
     def __str__(self) -> str:
-        kind = "an integer" if self.integer else "a finite number"
+        prefix = "an integer " if self.integer else ""
         if math.isinf(self.low) and math.isinf(self.high):
-            return kind
+            return "an integer" if self.integer else "real (finite)"
         if math.isinf(self.high):
-            return f"{kind} {'>' if self.low_open else '>='} {_fmt(self.low)}"
+            return f"{prefix}{'>' if self.low_open else '>='} {_fmt(self.low)}"
         if math.isinf(self.low):
-            return f"{kind} {'<' if self.high_open else '<='} {_fmt(self.high)}"
+            return f"{prefix}{'<' if self.high_open else '<='} {_fmt(self.high)}"
         lo = "(" if self.low_open else "["
         hi = ")" if self.high_open else "]"
-        return f"{kind} in {lo}{_fmt(self.low)}, {_fmt(self.high)}{hi}"
+        return f"{prefix}in {lo}{_fmt(self.low)}, {_fmt(self.high)}{hi}"
 
     def to_torch(self) -> tc.Constraint:
         """The torch constraint with the same set (for ``torch.distributions.biject_to``)."""

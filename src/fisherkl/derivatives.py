@@ -31,6 +31,8 @@ def log_prob_derivatives(model: Model, theta: Tensor, x: Tensor, order: int) -> 
         logp = model.distribution(rep).log_prob(x)
         (score,) = torch.autograd.grad(logp.sum(), rep, create_graph=keep or order == 2)
         hess = rows_of_jacobian(score, rep, keep) if order == 2 else None
+    if not keep:
+        logp, score = logp.detach(), score.detach()
     return logp, score, hess
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from fisherkl.cli import main
+
+sys.exit(main())
