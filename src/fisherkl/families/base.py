@@ -92,6 +92,33 @@ class Family(Model):
         """Closed-form KL; default: torch's registry on the two distributions."""
         return Model.closed_kl(self, theta_p, theta_q)
 
+    # --- exponential-family structure (where the family has one) --------------------------------
+    def natural(self, theta: Tensor) -> Tensor | None:
+        """Natural parameters η(θ) ``[..., m]`` with p(x) = h(x)·exp(⟨η, T(x)⟩ − A(η)), or None."""
+        return None
+
+    def log_partition(self, eta: Tensor) -> Tensor:
+        """A(η) ``[...]``; only meaningful when :meth:`natural` is defined."""
+        raise NotImplementedError
+
+    def in_natural_domain(self, eta: Tensor) -> Tensor:
+        """Whether A(η) < ∞, elementwise over the batch ``[...]``."""
+        return torch.ones(eta.shape[:-1], dtype=torch.bool, device=eta.device)
+
+    def chi2_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor | None:
+        """Pearson χ² for exponential families: ∫q²/p = exp(A(2η_q − η_p) − 2A(η_q) + A(η_p)).
+
+        Infinite when 2η_q − η_p leaves the natural domain (q much wider than p).
+        """
+        eta_p, eta_q = self.natural(theta_p), self.natural(theta_q)
+        if eta_p is None or eta_q is None:
+            return None
+        star = 2 * eta_q - eta_p
+        ok = self.in_natural_domain(star)
+        safe = torch.where(ok.unsqueeze(-1), star, eta_q)
+        log_ratio = self.log_partition(safe) - 2 * self.log_partition(eta_q) + self.log_partition(eta_p)
+        return torch.where(ok, torch.expm1(log_ratio), torch.full_like(log_ratio, float("inf")))
+
     # --- Model interface ------------------------------------------------------------------------
     def closed_fisher(self, theta: Tensor) -> Tensor | None:
         return self.fisher_formula(theta)

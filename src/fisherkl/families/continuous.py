@@ -59,6 +59,18 @@ class NormalFamily(LocationScale):
         loc, scale = split(theta)
         return Normal(loc, scale, validate_args=False)
 
+    def natural(self, theta: Tensor) -> Tensor:
+        loc, scale = split(theta)
+        v = scale.square()
+        return torch.stack([loc / v, -0.5 / v], -1)
+
+    def log_partition(self, eta: Tensor) -> Tensor:
+        e1, e2 = split(eta)
+        return -e1.square() / (4 * e2) - 0.5 * torch.log(-2 * e2)
+
+    def in_natural_domain(self, eta: Tensor) -> Tensor:
+        return eta[..., 1] < 0
+
 
 @register
 class LogNormalFamily(LocationScale):
@@ -70,6 +82,18 @@ class LogNormalFamily(LocationScale):
     def make(self, theta: Tensor) -> Distribution:
         loc, scale = split(theta)
         return LogNormal(loc, scale, validate_args=False)
+
+    def natural(self, theta: Tensor) -> Tensor:
+        loc, scale = split(theta)
+        v = scale.square()
+        return torch.stack([loc / v, -0.5 / v], -1)
+
+    def log_partition(self, eta: Tensor) -> Tensor:
+        e1, e2 = split(eta)
+        return -e1.square() / (4 * e2) - 0.5 * torch.log(-2 * e2)
+
+    def in_natural_domain(self, eta: Tensor) -> Tensor:
+        return eta[..., 1] < 0
 
 
 @register
@@ -129,6 +153,15 @@ class HalfNormalFamily(Family):
     def make(self, theta: Tensor) -> Distribution:
         return HalfNormal(theta[..., 0], validate_args=False)
 
+    def natural(self, theta: Tensor) -> Tensor:
+        return -0.5 / theta.square()
+
+    def log_partition(self, eta: Tensor) -> Tensor:
+        return -0.5 * torch.log(-2 * eta[..., 0])
+
+    def in_natural_domain(self, eta: Tensor) -> Tensor:
+        return eta[..., 0] < 0
+
     def fisher_formula(self, theta: Tensor) -> Tensor:
         return (2 / theta.square()).unsqueeze(-1)
 
@@ -145,6 +178,15 @@ class ExponentialRateFamily(Family):
 
     def make(self, theta: Tensor) -> Distribution:
         return Exponential(theta[..., 0], validate_args=False)
+
+    def natural(self, theta: Tensor) -> Tensor:
+        return -theta
+
+    def log_partition(self, eta: Tensor) -> Tensor:
+        return -torch.log(-eta[..., 0])
+
+    def in_natural_domain(self, eta: Tensor) -> Tensor:
+        return eta[..., 0] < 0
 
     def fisher_formula(self, theta: Tensor) -> Tensor:
         return (1 / theta.square()).unsqueeze(-1)
@@ -164,6 +206,17 @@ class GammaFamily(Family):
         a, b = split(theta)
         return Gamma(a, b, validate_args=False)
 
+    def natural(self, theta: Tensor) -> Tensor:
+        a, b = split(theta)
+        return torch.stack([a - 1, -b], -1)
+
+    def log_partition(self, eta: Tensor) -> Tensor:
+        e1, e2 = split(eta)
+        return torch.lgamma(e1 + 1) - (e1 + 1) * torch.log(-e2)
+
+    def in_natural_domain(self, eta: Tensor) -> Tensor:
+        return (eta[..., 0] > -1) & (eta[..., 1] < 0)
+
     def fisher_formula(self, theta: Tensor) -> Tensor:
         a, b = split(theta)
         return sym2(trigamma(a), -1 / b, a / b.square())
@@ -182,6 +235,16 @@ class BetaFamily(Family):
     def make(self, theta: Tensor) -> Distribution:
         a, b = split(theta)
         return Beta(a, b, validate_args=False)
+
+    def natural(self, theta: Tensor) -> Tensor:
+        return theta - 1
+
+    def log_partition(self, eta: Tensor) -> Tensor:
+        a, b = split(eta + 1)
+        return torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)
+
+    def in_natural_domain(self, eta: Tensor) -> Tensor:
+        return (eta > -1).all(-1)
 
     def fisher_formula(self, theta: Tensor) -> Tensor:
         a, b = split(theta)

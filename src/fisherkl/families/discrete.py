@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 from torch.distributions import Bernoulli, Binomial, Distribution, Geometric, Poisson
 
@@ -28,6 +29,12 @@ class BernoulliFamily(OneProbability):
     def make(self, theta: Tensor) -> Distribution:
         return Bernoulli(probs=theta[..., 0], validate_args=False)
 
+    def natural(self, theta: Tensor) -> Tensor:
+        return torch.logit(theta)
+
+    def log_partition(self, eta: Tensor) -> Tensor:
+        return torch.nn.functional.softplus(eta[..., 0])
+
     def fisher_formula(self, theta: Tensor) -> Tensor:
         return 1 / (theta * (1 - theta)).unsqueeze(-1)
 
@@ -43,6 +50,12 @@ class BinomialFamily(OneProbability):
         n = self.fixed_values["total_count"]
         return Binomial(n, probs=theta[..., 0], validate_args=False)
 
+    def natural(self, theta: Tensor) -> Tensor:
+        return torch.logit(theta)
+
+    def log_partition(self, eta: Tensor) -> Tensor:
+        return self.fixed_values["total_count"] * torch.nn.functional.softplus(eta[..., 0])
+
     def fisher_formula(self, theta: Tensor) -> Tensor:
         return self.fixed_values["total_count"] / (theta * (1 - theta)).unsqueeze(-1)
 
@@ -55,6 +68,15 @@ class GeometricFamily(OneProbability):
 
     def make(self, theta: Tensor) -> Distribution:
         return Geometric(probs=theta[..., 0], validate_args=False)
+
+    def natural(self, theta: Tensor) -> Tensor:
+        return torch.log1p(-theta)
+
+    def log_partition(self, eta: Tensor) -> Tensor:
+        return -torch.log(-torch.expm1(eta[..., 0]))
+
+    def in_natural_domain(self, eta: Tensor) -> Tensor:
+        return eta[..., 0] < 0
 
     def fisher_formula(self, theta: Tensor) -> Tensor:
         return 1 / (theta.square() * (1 - theta)).unsqueeze(-1)
@@ -72,6 +94,12 @@ class PoissonFamily(Family):
 
     def make(self, theta: Tensor) -> Distribution:
         return Poisson(theta[..., 0], validate_args=False)
+
+    def natural(self, theta: Tensor) -> Tensor:
+        return torch.log(theta)
+
+    def log_partition(self, eta: Tensor) -> Tensor:
+        return torch.exp(eta[..., 0])
 
     def fisher_formula(self, theta: Tensor) -> Tensor:
         return (1 / theta).unsqueeze(-1)

@@ -46,6 +46,13 @@ class CategoricalFamily(Family):
     def make(self, theta: Tensor) -> Distribution:
         return Categorical(probs=self.full_probs(theta), validate_args=False)
 
+    def natural(self, theta: Tensor) -> Tensor:
+        return torch.log(theta) - torch.log1p(-theta.sum(-1, keepdim=True))
+
+    def log_partition(self, eta: Tensor) -> Tensor:
+        zero = torch.zeros_like(eta[..., :1])
+        return torch.logsumexp(torch.cat([eta, zero], -1), -1)
+
     def fisher_formula(self, theta: Tensor) -> Tensor:
         last = 1 - theta.sum(-1)
         k1 = theta.shape[-1]
@@ -74,6 +81,16 @@ class DirichletFamily(Family):
 
     def make(self, theta: Tensor) -> Distribution:
         return Dirichlet(theta, validate_args=False)
+
+    def natural(self, theta: Tensor) -> Tensor:
+        return theta - 1
+
+    def log_partition(self, eta: Tensor) -> Tensor:
+        a = eta + 1
+        return torch.lgamma(a).sum(-1) - torch.lgamma(a.sum(-1))
+
+    def in_natural_domain(self, eta: Tensor) -> Tensor:
+        return (eta > -1).all(-1)
 
     def fisher_formula(self, theta: Tensor) -> Tensor:
         k = theta.shape[-1]
