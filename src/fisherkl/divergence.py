@@ -24,7 +24,7 @@ from .errors import ParameterError, RouteError
 from .estimate import Estimate
 from .expectation import exact_scheme, expect_exact, expect_mc
 from .fisher import Method, fisher
-from .model import Model, as_parameter_tensor, no_argument_validation
+from .model import Model, as_parameter_tensor, check_not_nan, no_argument_validation
 
 DivMethod = Literal["auto", "closed", "exact", "mc"]
 Pointwise = Callable[[Tensor, Tensor], Tensor]  # (log p, log q) at the nodes -> integrand
@@ -43,7 +43,13 @@ def _pair(model: Model, theta_p: Any, theta_q: Any) -> tuple[Tensor, Tensor]:
         ) from None
 
 
-def _divergence(
+def _divergence(*args: Any) -> Estimate:
+    est = _divergence_unchecked(*args)
+    check_not_nan(args[0], est.value, f"the {args[5]} ({est.method})")
+    return est
+
+
+def _divergence_unchecked(
     model: Model,
     tp: Tensor,
     tq: Tensor,

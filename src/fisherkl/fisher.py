@@ -28,7 +28,7 @@ from .derivatives import hessian_at_zero, log_prob_derivatives
 from .errors import NonRegularModelError, RouteError
 from .estimate import Estimate
 from .expectation import exact_scheme, expect_exact, expect_mc
-from .model import Model, no_argument_validation
+from .model import Model, check_not_nan, no_argument_validation
 
 Method = Literal["auto", "closed", "kl_hessian", "jeffreys_hessian", "score", "neg_hessian"]
 Expectation = Literal["auto", "exact", "mc"]
@@ -78,6 +78,7 @@ def fisher(
             est = _kl_route(model, theta, method)
         else:
             est = _expectation_route(model, theta, method, expectation, n_samples, seed, generator, rtol)
+    check_not_nan(model, est.value, f"the Fisher information by route {est.method!r}")
     return est if return_error else est.value
 
 

@@ -19,7 +19,7 @@ from torch.distributions import Distribution
 from torch.distributions.kl import kl_divergence
 
 from .constraints import Constraint, real
-from .errors import ParameterError
+from .errors import FisherKLError, ParameterError
 
 DistributionFn = Callable[[Tensor], Distribution]
 KLFn = Callable[[Tensor, Tensor], Tensor]
@@ -48,6 +48,16 @@ def no_argument_validation() -> Iterator[None]:
         yield
     finally:
         Distribution.set_default_validate_args(old)
+
+
+def check_not_nan(model: Model, value: Tensor, what: str) -> Tensor:
+    """Refuse to return a NaN: say which model and quantity produced it."""
+    if bool(torch.isnan(value).any()):
+        raise FisherKLError(
+            f"{model.name}: {what} came out NaN; the model's log-density is not finite or not "
+            "differentiable there — check its parameter constraints (Model(..., constraints=...))"
+        )
+    return value
 
 
 def as_parameter_tensor(value: Any, what: str = "theta", like: Tensor | None = None) -> Tensor:
@@ -148,7 +158,20 @@ class Model:
             if not bool(ok.all()):
                 self._raise_at(t[..., i], ok, f"parameter '{pname}' must be {cons}", what)
         self._check_joint(t, what)
+        self._check_by_torch(t, what)
         return t
+
+    def _check_by_torch(self, theta: Tensor, what: str) -> None:
+        """Let torch.distributions validate the arguments fn builds (families validate themselves)."""
+        old = Distribution._validate_args
+        Distribution.set_default_validate_args(True)
+        try:
+            self.distribution(theta.detach())
+        except ParameterError as exc:
+            shown = f" ({what} = {theta.detach().tolist()})" if theta.numel() <= 20 else ""
+            raise ParameterError(f"{exc}{shown}") from exc.__cause__
+        finally:
+            Distribution.set_default_validate_args(old)
 
     def _check_joint(self, theta: Tensor, what: str) -> None:
         """Constraints that couple coordinates (e.g. probabilities summing to < 1)."""
@@ -156,7 +179,7 @@ class Model:
     def _raise_at(self, values: Tensor, ok: Tensor, message: str, what: str) -> None:
         bad = (~ok).nonzero()[0].tolist() if ok.ndim else []
         value = values[tuple(bad)] if bad else values
-        where = f" at {what} index {tuple(bad)}" if bad else ""
+        where = f" at {what} index {tuple(bad)}" if bad else ("" if what == "theta" else f" in {what}")
         raise ParameterError(f"{self.name}: {message}, got {float(value.detach()):g}{where}")
 
     # --- the map θ ↦ distribution --------------------------------------------------------------

@@ -120,6 +120,9 @@ class Family(Model):
         return torch.where(ok, torch.expm1(log_ratio), torch.full_like(log_ratio, float("inf")))
 
     # --- Model interface ------------------------------------------------------------------------
+    def _check_by_torch(self, theta: Tensor, what: str) -> None:
+        """Families check their own constraints; no second check through torch."""
+
     def closed_fisher(self, theta: Tensor) -> Tensor | None:
         return self.fisher_formula(theta)
 

@@ -1,0 +1,168 @@
+"""Bad input gets a specific ParameterError naming the parameter — from the API and the CLI."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import fisherkl as fk
+from fisherkl.cli import main
+
+F64 = torch.float64
+
+# (family, fixed, bad θ, words the message must contain)
+BAD = [
+    ("normal", {}, [0.0, -1.0], ["scale", "> 0", "-1"]),
+    ("normal", {}, [math.nan, 1.0], ["loc", "nan"]),
+    ("normal", {}, [0.0, math.inf], ["scale", "inf"]),
+    ("lognormal", {}, [0.0, 0.0], ["scale", "> 0"]),
+    ("halfnormal", {}, [-2.0], ["scale", "> 0"]),
+    ("laplace", {}, [1.0, -0.5], ["scale"]),
+    ("cauchy", {}, [1.0, 0.0], ["scale"]),
+    ("exponential", {}, [0.0], ["rate"]),
+    ("gamma", {}, [-2.5, 1.7], ["concentration", "> 0", "-2.5"]),
+    ("gamma", {}, [2.5, math.nan], ["rate", "nan"]),
+    ("beta", {}, [2.0, -3.0], ["concentration0"]),
+    ("poisson", {}, [-1.0], ["rate"]),
+    ("bernoulli", {}, [1.0], ["probs", "(0, 1)"]),
+    ("bernoulli", {}, [1.5], ["probs"]),
+    ("binomial", {"total_count": 5}, [0.0], ["probs"]),
+    ("geometric", {}, [-0.1], ["probs"]),
+    ("categorical", {"k": 3}, [0.6, 0.5], ["sum", "less than 1", "1.1"]),
+    ("categorical", {"k": 4}, [0.2, -0.1, 0.3], ["probs[1]"]),
+    ("dirichlet", {"k": 3}, [1.0, 0.0, 2.0], ["concentration[1]"]),
+    ("uniform", {}, [1.0, 0.5], ["high", "low"]),
+]
+
+
+@pytest.mark.parametrize(("name", "fixed", "theta", "words"), BAD, ids=[f"{b[0]}-{b[2]}" for b in BAD])
+def test_bad_theta_names_the_parameter(name, fixed, theta, words):
+    f = fk.family(name, **fixed)
+    with pytest.raises(fk.ParameterError) as info:
+        f.validate(torch.tensor(theta, dtype=F64))
+    for w in words:
+        assert w in str(info.value), (w, str(info.value))
+    assert isinstance(info.value, ValueError)
+    # every public entry point validates the same way
+    for call in (
+        lambda: fk.fisher(f, torch.tensor(theta, dtype=F64)),
+        lambda: fk.kl(f, torch.tensor(theta, dtype=F64), f.typical()),
+        lambda: fk.kl(f, f.typical(), torch.tensor(theta, dtype=F64)),
+        lambda: fk.jeffreys(f, torch.tensor(theta, dtype=F64), f.typical()),
+        lambda: fk.chi2(f, f.typical(), torch.tensor(theta, dtype=F64)),
+        lambda: fk.kl_quadratic(f, torch.tensor(theta, dtype=F64), torch.zeros(f.dim, dtype=F64)),
+    ):
+        with pytest.raises(fk.ParameterError):
+            call()
+
+
+def test_bad_value_in_a_batch_reports_its_index():
+    f = fk.family("normal")
+    theta = torch.tensor([[0.0, 1.0], [0.0, 2.0], [1.0, -3.0]], dtype=F64)
+    with pytest.raises(fk.ParameterError, match=r"scale.*-3.*index \(2,\)"):
+        fk.fisher(f, theta)
+
+
+@pytest.mark.parametrize(
+    ("name", "theta"), [("gamma", [2.0]), ("gamma", [1.0, 2.0, 3.0]), ("categorical", [0.2, 0.3, 0.1]), ("normal", 1.0)]
+)
+def test_wrong_last_dimension(name, theta):
+    f = fk.family(name)
+    with pytest.raises(fk.ParameterError, match=f"last dimension {f.dim}"):
+        fk.fisher(f, torch.tensor(theta, dtype=F64))
+
+
+def test_bad_delta():
+    f = fk.family("gamma")
+    with pytest.raises(fk.ParameterError, match="delta"):
+        fk.kl_quadratic(f, f.typical(), torch.tensor([0.1], dtype=F64))
+    with pytest.raises(fk.ParameterError, match="delta must be finite"):
+        fk.kl_quadratic(f, f.typical(), torch.tensor([0.1, math.nan], dtype=F64))
+
+
+def test_non_numeric_theta():
+    with pytest.raises(fk.ParameterError, match="numeric"):
+        fk.fisher(fk.family("normal"), ["a", "b"])
+
+
+def test_bad_fixed_arguments():
+    with pytest.raises(fk.ParameterError, match="total_count"):
+        fk.family("binomial", total_count=0)
+    with pytest.raises(fk.ParameterError, match="total_count"):
+        fk.family("binomial", total_count=2.5)
+    with pytest.raises(fk.ParameterError, match=r"k.*integer >= 2"):
+        fk.family("categorical", k=1)
+    with pytest.raises(fk.ParameterError, match="unknown fixed argument"):
+        fk.family("gamma", k=3)
+    with pytest.raises(fk.ParameterError, match=r"unknown family .gauss.*normal"):
+        fk.family("gauss")
+
+
+def test_unknown_methods():
+    f = fk.family("normal")
+    with pytest.raises(fk.RouteError, match="unknown method"):
+        fk.fisher(f, f.typical(), "magic")  # type: ignore[arg-type]
+    with pytest.raises(fk.RouteError, match="unknown expectation"):
+        fk.fisher(f, f.typical(), "score", expectation="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(fk.RouteError, match="unknown method"):
+        fk.kl(f, f.typical(), f.typical(), method="magic")  # type: ignore[arg-type]
+
+
+def test_user_model_without_constraints_reports_torch_rejection():
+    m = fk.Model(lambda t: torch.distributions.Normal(t[..., 0], t[..., 1]), 2, name="mine")
+    with pytest.raises(fk.ParameterError, match="mine: the model rejected theta"):
+        fk.fisher(m, torch.tensor([0.0, -1.0], dtype=F64), "score")
+
+
+def test_user_model_constructor_checks():
+    with pytest.raises(fk.ParameterError, match="dim"):
+        fk.Model(lambda t: None, 0)  # type: ignore[arg-type,return-value]
+    with pytest.raises(fk.ParameterError, match="names has 1 entries but dim is 2"):
+        fk.Model(lambda t: None, 2, names=["a"])  # type: ignore[arg-type,return-value]
+    with pytest.raises(TypeError, match="callable"):
+        fk.Model(3, 1)  # type: ignore[arg-type]
+
+
+def test_route_errors_explain():
+    with pytest.raises(fk.RouteError, match="kink"):
+        fk.fisher(fk.family("laplace"), torch.tensor([0.0, 1.0], dtype=F64), "neg_hessian")
+    with pytest.raises(fk.RouteError, match="expectation='mc'"):
+        fk.fisher(fk.family("dirichlet"), torch.tensor([1.0, 2.0, 3.0], dtype=F64), "score", expectation="exact")
+    m = fk.Model(lambda t: torch.distributions.StudentT(3.0, t[..., 0], t[..., 1]), 2)
+    with pytest.raises(fk.RouteError, match="closed-form KL"):
+        fk.fisher(m, torch.tensor([0.0, 1.0], dtype=F64), "kl_hessian")
+    with pytest.raises(fk.RouteError, match="no closed-form Fisher"):
+        fk.fisher(m, torch.tensor([0.0, 1.0], dtype=F64), "closed")
+    with pytest.raises(fk.NonRegularModelError, match="support"):
+        fk.fisher(fk.family("uniform"), torch.tensor([0.0, 1.0], dtype=F64))
+
+
+CLI_BAD = [
+    (["fisher", "gamma", "--theta", "-2.5,1.7"], "concentration"),
+    (["fisher", "gamma", "--theta", "2.5"], "needs 2 values"),
+    (["fisher", "gamma", "--theta", "a,b"], "comma-separated numbers"),
+    (["fisher", "gauss", "--theta", "0,1"], "unknown family"),
+    (["fisher", "normal", "--theta", "0,1", "--method", "magic"], "invalid choice"),
+    (["fisher", "bernoulli", "--theta", "1.2"], "probs"),
+    (["fisher", "binomial", "--theta", "0.3", "--fixed", "total_count=0"], "total_count"),
+    (["fisher", "binomial", "--theta", "0.3", "--fixed", "total_count"], "NAME=VALUE"),
+    (["fisher", "uniform", "--theta", "0,1"], "does not exist"),
+    (["kl", "gamma", "--theta", "2.5,1.7", "--delta", "0.1"], "needs 2 values"),
+    (["kl", "gamma", "--theta", "2.5,1.7", "--delta", "-3,0"], "theta+delta"),
+    (["kl", "gamma", "--theta", "2.5,1.7"], "--delta"),
+    (["nonsense"], "invalid choice"),
+]
+
+
+@pytest.mark.parametrize(("argv", "words"), CLI_BAD, ids=[" ".join(a) for a, _ in CLI_BAD])
+def test_cli_bad_arguments_exit_2_with_one_line(argv, words, capsys):
+    with pytest.raises(SystemExit) as info:
+        code = main(argv)
+        raise SystemExit(code)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert words in err, err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) <= 3  # argparse adds a usage line; ours is one line
