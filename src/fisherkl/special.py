@@ -8,6 +8,8 @@ a few ulp and differentiable (its derivative comes from autodiff of the same exp
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -31,3 +33,41 @@ def trigamma(x: Tensor) -> Tensor:
     for b in reversed(_BERNOULLI):
         series = (series + b) * inv2
     return total + inv + 0.5 * inv2 + series * inv
+
+
+class _Digamma(torch.autograd.Function):
+    """ψ(x) with the accurate :func:`trigamma` as its derivative (differentiable again)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return torch.digamma(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * trigamma(x)
+
+
+class _Lgamma(torch.autograd.Function):
+    """log Γ(x) with derivative :func:`digamma` (whose derivative is the accurate trigamma)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        ctx.save_for_backward(x)
+        return torch.lgamma(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * digamma(x)
+
+
+def digamma(x: Tensor) -> Tensor:
+    """ψ(x) = d/dx log Γ(x); its autodiff derivatives use :func:`trigamma` (torch's are ~1e-9 off)."""
+    return _Digamma.apply(x)  # type: ignore[no-any-return]
+
+
+def lgamma(x: Tensor) -> Tensor:
+    """log Γ(x) whose first, second and third derivatives by autodiff are accurate to a few ulp."""
+    return _Lgamma.apply(x)  # type: ignore[no-any-return]

@@ -5,11 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torch.distributions import (
-    Beta,
     Cauchy,
     Distribution,
     Exponential,
-    Gamma,
     HalfNormal,
     Laplace,
     LogNormal,
@@ -19,6 +17,7 @@ from torch.distributions import (
 from ..constraints import positive, real
 from ..model import Param
 from ..special import trigamma
+from .accurate import AccurateBeta, AccurateGamma, dirichlet_kl, gamma_kl
 from .base import Family, register, split, sym2
 
 
@@ -204,7 +203,7 @@ class GammaFamily(Family):
 
     def make(self, theta: Tensor) -> Distribution:
         a, b = split(theta)
-        return Gamma(a, b, validate_args=False)
+        return AccurateGamma(a, b, validate_args=False)
 
     def natural(self, theta: Tensor) -> Tensor:
         a, b = split(theta)
@@ -221,6 +220,9 @@ class GammaFamily(Family):
         a, b = split(theta)
         return sym2(trigamma(a), -1 / b, a / b.square())
 
+    def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        return gamma_kl(*split(theta_p), *split(theta_q))
+
 
 @register
 class BetaFamily(Family):
@@ -234,7 +236,7 @@ class BetaFamily(Family):
 
     def make(self, theta: Tensor) -> Distribution:
         a, b = split(theta)
-        return Beta(a, b, validate_args=False)
+        return AccurateBeta(a, b, validate_args=False)
 
     def natural(self, theta: Tensor) -> Tensor:
         return theta - 1
@@ -250,3 +252,6 @@ class BetaFamily(Family):
         a, b = split(theta)
         t = trigamma(a + b)
         return sym2(trigamma(a) - t, -t, trigamma(b) - t)
+
+    def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        return dirichlet_kl(theta_p, theta_q)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.distributions import Categorical, Dirichlet, Distribution
+from torch.distributions import Categorical, Distribution
 
 from ..constraints import Constraint, positive, unit_interval
 from ..model import Param
 from ..special import trigamma
+from .accurate import AccurateDirichlet, dirichlet_kl
 from .base import Family, Fixed, register
 
 categories = Constraint(low=2.0, low_open=False, integer=True)
@@ -80,7 +81,7 @@ class DirichletFamily(Family):
         return [Param("concentration", positive, self.fixed_values["k"])]
 
     def make(self, theta: Tensor) -> Distribution:
-        return Dirichlet(theta, validate_args=False)
+        return AccurateDirichlet(theta, validate_args=False)
 
     def natural(self, theta: Tensor) -> Tensor:
         return theta - 1
@@ -97,3 +98,6 @@ class DirichletFamily(Family):
         ones = torch.ones(k, k, dtype=theta.dtype, device=theta.device)
         total = trigamma(theta.sum(-1))[..., None, None]
         return torch.diag_embed(trigamma(theta)) - total * ones
+
+    def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        return dirichlet_kl(theta_p, theta_q)
