@@ -24,4 +24,4 @@ class Estimate:
     @property
     def exact(self) -> bool:
         """True unless the value is a Monte Carlo estimate."""
-        return not self.method.endswith("/mc")
+        return self.method.split("/")[-1] != "mc"

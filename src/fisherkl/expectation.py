@@ -22,7 +22,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.distributions import Distribution
+from torch.distributions import Distribution, VonMises
 from torch.distributions import constraints as tc
 
 from .errors import ConvergenceError
@@ -34,14 +34,21 @@ def exact_scheme(dist: Distribution) -> str | None:
     """'finite', 'series', 'quadrature' or None (no exact scheme: use Monte Carlo)."""
     if dist.has_enumerate_support:
         return "finite"
-    support = dist.support
     if dist.event_shape != torch.Size([]):
         return None
-    if isinstance(support, tc._IntegerGreaterThan):
+    if isinstance(dist.support, tc._IntegerGreaterThan):
         return "series"
-    if _bounds(support) is not None:
+    if _dist_bounds(dist) is not None:
         return "quadrature"
     return None
+
+
+def _dist_bounds(dist: Distribution) -> tuple[object, object] | None:
+    # torch declares VonMises on the whole real line although its density is 2π-periodic:
+    # integrate over one period
+    if isinstance(dist, VonMises):
+        return (-math.pi, math.pi)
+    return _bounds(dist.support)
 
 
 def _bounds(support: tc.Constraint) -> tuple[object, object] | None:
@@ -57,11 +64,18 @@ def _bounds(support: tc.Constraint) -> tuple[object, object] | None:
 
 
 def _weighted_sum(logw: Tensor, logp: Tensor, f: Tensor) -> tuple[Tensor, Tensor]:
-    """Σₙ exp(logw + logp)·f over the node axis 0, ignoring nodes of zero weight; and Σ weights."""
+    """Σₙ exp(logw + logp)·f over the node axis 0; and Σ weights.
+
+    Nodes of zero weight are ignored, and so are nodes whose weight is below 1e-100 where the
+    integrand overflowed (torch's densities lose precision at such extreme points; their true
+    contribution is negligible). A non-finite integrand at a node of real weight is kept: a KL
+    with q = 0 where p > 0 is +inf.
+    """
     w = torch.exp(logw + logp)
-    wf = w.reshape(w.shape + (1,) * (f.ndim - w.ndim)) * f
-    wf = torch.where((w > 0).reshape(wf.shape[: w.ndim] + (1,) * (f.ndim - w.ndim)), wf, torch.zeros_like(wf))
-    return wf.sum(0), w.sum(0)
+    wb = w.reshape(w.shape + (1,) * (f.ndim - w.ndim))
+    keep = (wb > 0) & (torch.isfinite(f) | (wb > 1e-100))
+    wf = torch.where(keep, wb * f, torch.zeros_like(f))
+    return wf.sum(0), torch.nan_to_num(w, nan=0.0).sum(0)
 
 
 def _expand_out(t: Tensor, ndim: int) -> Tensor:
@@ -106,7 +120,8 @@ def _series(
         scale = total.detach().abs()
         if scale.ndim > tail.ndim:
             scale = scale.flatten(tail.ndim).amax(-1)
-        err = tail * torch.clamp(f_last, min=1.0) * 2
+        err = torch.where(tail > 0, tail * torch.clamp(f_last, min=1.0) * 2, torch.zeros_like(tail))
+        err = torch.nan_to_num(err, nan=math.inf)
         if bool(((tail < tail_tol) & (err <= rtol * scale + tail_tol)).all()):
             return total, _expand_out(err, total.ndim).expand_as(total)
         if start >= max_terms:
@@ -195,7 +210,7 @@ def _quadrature_nodes(lo: Tensor, hi: Tensor, points: Tensor, s: Tensor, h: floa
 def _quadrature(
     dist: Distribution, integrand: Integrand, rtol: float, max_level: int, others: tuple[Distribution, ...]
 ) -> tuple[Tensor, Tensor]:
-    bounds = _bounds(dist.support)
+    bounds = _dist_bounds(dist)
     assert bounds is not None
     batch = dist.batch_shape
     ref = dist.mean if _has_mean(dist) else torch.zeros(batch)
@@ -212,7 +227,8 @@ def _quadrature(
         logp, f = integrand(x)
         value, mass = _weighted_sum(lw, logp, f)
         if previous is not None:
-            diff = (value - previous).detach().abs()
+            same = value.detach() == previous.detach()  # also +inf at both levels: a divergent value
+            diff = torch.where(same, torch.zeros_like(value), (value - previous).detach().abs())
             scale = value.detach().abs()
             flat_scale = scale.flatten(len(batch)).amax(-1) if scale.ndim > len(batch) else scale
             tol = rtol * (scale + _expand_out(flat_scale, scale.ndim))

@@ -42,9 +42,8 @@ class LocationScale(Family):
         return [Param("loc", real), Param("scale", positive)]
 
     def fisher_formula(self, theta: Tensor) -> Tensor:
-        _, scale = split(theta)
-        s2 = scale.square()
-        return sym2(self.a / s2, self.c / s2, self.e / s2)
+        unit = torch.tensor([[self.a, self.c], [self.c, self.e]], dtype=theta.dtype, device=theta.device)
+        return unit / theta[..., 1, None, None].square()
 
 
 @register
