@@ -22,12 +22,12 @@ from torch import Tensor
 
 from .errors import ParameterError, RouteError
 from .estimate import Estimate
-from .expectation import exact_scheme, expect_exact, expect_mc
+from .expectation import LogScaled, exact_scheme, expect_exact, expect_mc
 from .fisher import Method, fisher
 from .model import Model, as_parameter_tensor, check_not_nan, no_argument_validation
 
 DivMethod = Literal["auto", "closed", "exact", "mc"]
-Pointwise = Callable[[Tensor, Tensor], Tensor]  # (log p, log q) at the nodes -> integrand
+Pointwise = Callable[[Tensor, Tensor], "Tensor | LogScaled"]  # (log p, log q) at the nodes -> integrand
 
 
 def _pair(model: Model, theta_p: Any, theta_q: Any) -> tuple[Tensor, Tensor]:
@@ -93,8 +93,11 @@ def _log_ratio(logp: Tensor, logq: Tensor) -> Tensor:
     return torch.where(torch.isneginf(logp), torch.zeros_like(logp), logp - logq)
 
 
-def _pearson(logp: Tensor, logq: Tensor) -> Tensor:
-    return torch.expm1(logq - logp).square()
+def _pearson(logp: Tensor, logq: Tensor) -> LogScaled:
+    # (q/p − 1)² = exp(2·log|expm1(Δ)|), Δ = log q − log p, written so that it never overflows
+    delta = logq - logp
+    log_abs = torch.where(delta > 0, delta + torch.log(-torch.expm1(-delta)), torch.log(-torch.expm1(delta)))
+    return LogScaled(torch.ones_like(delta), 2 * log_abs)
 
 
 def kl(

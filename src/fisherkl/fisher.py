@@ -50,7 +50,7 @@ def fisher(
     n_samples: int = 20_000,
     seed: int | None = None,
     generator: torch.Generator | None = None,
-    rtol: float = 1e-11,
+    rtol: float | None = None,
     return_error: bool = False,
 ) -> Tensor | Estimate:
     """The Fisher information of ``model`` at ``theta`` (one observation), ``[..., d, d]``.
@@ -143,7 +143,7 @@ def _expectation_route(
     n_samples: int,
     seed: int | None,
     generator: torch.Generator | None,
-    rtol: float,
+    rtol: float | None,
 ) -> Estimate:
     if method == "neg_hessian" and not model.twice_differentiable:
         why = getattr(model, "why_not_twice_differentiable", "log p is not twice differentiable in θ")

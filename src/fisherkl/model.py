@@ -216,9 +216,25 @@ class Model:
             return None
 
     def has_closed_kl(self, theta: Tensor) -> bool:
-        """Whether :meth:`closed_kl` gives an answer near θ."""
+        """Whether :meth:`closed_kl` gives an answer near θ.
+
+        Probed between θ and a nearby θ′ ≠ θ: torch's TransformedDistribution rule answers for
+        identical transforms only, so a probe at (θ, θ) would wrongly say yes.
+        """
         if self._kl is not None:
             return True
         one = theta.detach().reshape(-1, theta.shape[-1])[:1]
+        other = self._nearby(one)
         with no_argument_validation():
-            return self.closed_kl(one, one) is not None
+            try:
+                return self.closed_kl(one, other) is not None
+            except NotImplementedError:
+                return False
+
+    def _nearby(self, theta: Tensor) -> Tensor:
+        for candidate in (theta * (1 + 1e-3) + 1e-4, theta * (1 - 1e-3) - 1e-4, theta * (1 - 1e-3)):
+            try:
+                return self.validate(candidate, "probe")
+            except FisherKLError:
+                continue
+        return theta

@@ -10,9 +10,19 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.distributions import Beta, Dirichlet, Gamma
+from torch.distributions import Beta, Binomial, Dirichlet, Gamma
 
 from ..special import digamma, lgamma
+
+
+class AccurateBinomial(Binomial):
+    """torch's Binomial.log_prob goes through |logits|, whose second derivative by autodiff is 0
+    at p = ½; this one is written in p directly."""
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        n, p = self.total_count, self.probs
+        log_comb = lgamma(n + 1) - lgamma(value + 1) - lgamma(n - value + 1)
+        return log_comb + torch.xlogy(value, p) + torch.xlogy(n - value, 1 - p)
 
 
 class AccurateGamma(Gamma):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.distributions import Bernoulli, Binomial, Distribution, Geometric, Poisson
+from torch.distributions import Bernoulli, Distribution, Geometric, Poisson
 
 from ..constraints import positive, positive_integer, unit_interval
 from ..model import Param
+from .accurate import AccurateBinomial
 from .base import Family, Fixed, register
 
 
@@ -48,7 +49,7 @@ class BinomialFamily(OneProbability):
 
     def make(self, theta: Tensor) -> Distribution:
         n = self.fixed_values["total_count"]
-        return Binomial(n, probs=theta[..., 0], validate_args=False)
+        return AccurateBinomial(n, probs=theta[..., 0], validate_args=False)
 
     def natural(self, theta: Tensor) -> Tensor:
         return torch.logit(theta)
