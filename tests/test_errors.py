@@ -130,9 +130,9 @@ def test_route_errors_explain():
         fk.fisher(fk.family("laplace"), torch.tensor([0.0, 1.0], dtype=F64), "neg_hessian")
     with pytest.raises(fk.RouteError, match="expectation='mc'"):
         fk.fisher(fk.family("dirichlet"), torch.tensor([1.0, 2.0, 3.0], dtype=F64), "score", expectation="exact")
-    m = fk.Model(lambda t: torch.distributions.StudentT(3.0, t[..., 0], t[..., 1]), 2)
-    with pytest.raises(fk.RouteError, match="closed-form KL"):
-        fk.fisher(m, torch.tensor([0.0, 1.0], dtype=F64), "kl_hessian")
+    m = fk.Model(lambda t: torch.distributions.Independent(torch.distributions.StudentT(3.0, t, 1.0), 1), 2)
+    with pytest.raises(fk.RouteError, match="jeffreys_hessian' needs a closed-form KL or an exact expectation"):
+        fk.fisher(m, torch.tensor([0.0, 1.0], dtype=F64), "jeffreys_hessian")
     with pytest.raises(fk.RouteError, match="no closed-form Fisher"):
         fk.fisher(m, torch.tensor([0.0, 1.0], dtype=F64), "closed")
     with pytest.raises(fk.NonRegularModelError, match="support"):

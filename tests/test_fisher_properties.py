@@ -309,11 +309,12 @@ def location_scale_fisher(a: float, c: float, e: float, sigma: float) -> np.ndar
 
 @pytest.mark.parametrize("theta", [(0.0, 1.0), (1.2, 0.4), (-2.0, 3.0)])
 def test_user_student_t_model_without_closed_kl(theta):
-    """StudentT(ν=4) has no KL in torch: auto must take the score by quadrature (DESIGN: a=(ν+1)/(ν+3), e=2ν/(ν+3))."""
+    """StudentT(ν=4) has no KL in torch: auto takes the score by quadrature (DESIGN: a=(ν+1)/(ν+3), e=2ν/(ν+3)),
+    and kl_hessian differentiates the KL computed by quadrature."""
     nu = 4.0
     model = fisherkl.Model(lambda t: StudentT(nu, t[..., 0], t[..., 1]), 2, name="student-t")
     t = torch.tensor(theta, dtype=F64)
-    assert fisherkl.available_routes(model, t) == ["score", "neg_hessian"]
+    assert fisherkl.available_routes(model, t) == ["kl_hessian", "jeffreys_hessian", "score", "neg_hessian"]
     est = fisherkl.fisher(model, t, return_error=True)
     assert est.method == "score/quadrature"
     expected = location_scale_fisher((nu + 1) / (nu + 3), 0.0, 2 * nu / (nu + 3), theta[1])
@@ -321,8 +322,10 @@ def test_user_student_t_model_without_closed_kl(theta):
     assert rel_err(fisherkl.fisher(model, t, "neg_hessian"), expected) <= 1e-8
     with pytest.raises(fisherkl.RouteError):
         fisherkl.fisher(model, t, "closed")
-    with pytest.raises(fisherkl.RouteError):
-        fisherkl.fisher(model, t, "kl_hessian")
+    for route in ("kl_hessian", "jeffreys_hessian"):
+        est = fisherkl.fisher(model, t, route, return_error=True)
+        assert est.method == f"{route}/quadrature"
+        assert rel_err(est.value, expected) <= 1e-8
 
 
 @pytest.mark.parametrize("theta", [(0.0, 1.0), (1.2, 0.4), (-2.0, 3.0)])

@@ -8,11 +8,20 @@ from __future__ import annotations
 from . import families
 from .constraints import Constraint
 from .divergence import chi2, jeffreys, jeffreys_quadratic, kl, kl_quadratic
-from .errors import ConvergenceError, FisherKLError, NonRegularModelError, ParameterError, RouteError
+from .errors import (
+    ConvergenceError,
+    FisherKLError,
+    NonRegularModelError,
+    ParameterError,
+    RouteError,
+    SingularFisherWarning,
+)
 from .estimate import Estimate
+from .expfamily import ExponentialFamily
 from .families import Family, family
 from .fisher import METHODS, available_routes, fisher
 from .model import Model, Param
+from .reparam import Reparametrized, reparametrize
 
 __version__ = "0.1.0"
 
@@ -21,13 +30,16 @@ __all__ = [
     "Constraint",
     "ConvergenceError",
     "Estimate",
+    "ExponentialFamily",
     "Family",
     "FisherKLError",
     "Model",
     "NonRegularModelError",
     "Param",
     "ParameterError",
+    "Reparametrized",
     "RouteError",
+    "SingularFisherWarning",
     "available_routes",
     "chi2",
     "families",
@@ -37,4 +49,5 @@ __all__ = [
     "jeffreys_quadratic",
     "kl",
     "kl_quadratic",
+    "reparametrize",
 ]

@@ -14,20 +14,18 @@ exists). θp and θq broadcast against each other; results have their common bat
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from .errors import ParameterError, RouteError
+from .divergence_core import divergence, log_ratio, pearson
+from .errors import ParameterError
 from .estimate import Estimate
-from .expectation import LogScaled, exact_scheme, expect_exact, expect_mc
 from .fisher import Method, fisher
-from .model import Model, as_parameter_tensor, check_not_nan, no_argument_validation
+from .model import Model, as_parameter_tensor
 
 DivMethod = Literal["auto", "closed", "exact", "mc"]
-Pointwise = Callable[[Tensor, Tensor], "Tensor | LogScaled"]  # (log p, log q) at the nodes -> integrand
 
 
 def _pair(model: Model, theta_p: Any, theta_q: Any) -> tuple[Tensor, Tensor]:
@@ -43,63 +41,6 @@ def _pair(model: Model, theta_p: Any, theta_q: Any) -> tuple[Tensor, Tensor]:
         ) from None
 
 
-def _divergence(*args: Any) -> Estimate:
-    est = _divergence_unchecked(*args)
-    check_not_nan(args[0], est.value, f"the {args[5]} ({est.method})")
-    return est
-
-
-def _divergence_unchecked(
-    model: Model,
-    tp: Tensor,
-    tq: Tensor,
-    closed: Callable[[Tensor, Tensor], Tensor | None],
-    pointwise: Pointwise,
-    what: str,
-    method: str,
-    n_samples: int,
-    seed: int | None,
-    generator: torch.Generator | None,
-) -> Estimate:
-    if method not in ("auto", "closed", "exact", "mc"):
-        raise RouteError(f"unknown method {method!r}; choose 'auto', 'closed', 'exact' or 'mc'")
-    with no_argument_validation():
-        if method in ("auto", "closed"):
-            value = closed(tp, tq)
-            if value is not None:
-                return Estimate(value, torch.zeros_like(value), "closed")
-            if method == "closed":
-                raise RouteError(f"{model.name}: no closed-form {what}; use method='exact' or 'mc'")
-        p = model.distribution(tp)
-
-        def integrand(x: Tensor) -> tuple[Tensor, Tensor]:
-            n = x.shape[0]
-            logp = model.distribution(tp.expand((n, *tp.shape))).log_prob(x)
-            logq = model.distribution(tq.expand((n, *tq.shape))).log_prob(x)
-            return logp, pointwise(logp, logq)
-
-        scheme = exact_scheme(p)
-        if method == "exact" and scheme is None:
-            raise RouteError(f"{model.name}: no exact expectation for {type(p).__name__}; use method='mc'")
-        if method != "mc" and scheme is not None:
-            value, error, scheme = expect_exact(p, integrand, others=(model.distribution(tq),))
-            return Estimate(value, error, f"{scheme}")
-        value, se = expect_mc(p, integrand, n_samples=n_samples, seed=seed, generator=generator)
-        return Estimate(value, se, "mc", n_samples)
-
-
-def _log_ratio(logp: Tensor, logq: Tensor) -> Tensor:
-    # p = 0 nodes carry zero weight; q = 0 where p > 0 gives +inf, as it should
-    return torch.where(torch.isneginf(logp), torch.zeros_like(logp), logp - logq)
-
-
-def _pearson(logp: Tensor, logq: Tensor) -> LogScaled:
-    # (q/p − 1)² = exp(2·log|expm1(Δ)|), Δ = log q − log p, written so that it never overflows
-    delta = logq - logp
-    log_abs = torch.where(delta > 0, delta + torch.log(-torch.expm1(-delta)), torch.log(-torch.expm1(delta)))
-    return LogScaled(torch.ones_like(delta), 2 * log_abs)
-
-
 def kl(
     model: Model,
     theta_p: Any,
@@ -113,7 +54,7 @@ def kl(
 ) -> Tensor | Estimate:
     """KL[p_θp ‖ p_θq] = E_p[log p − log q] ≥ 0, shape = the broadcast batch shape."""
     tp, tq = _pair(model, theta_p, theta_q)
-    est = _divergence(model, tp, tq, model.closed_kl, _log_ratio, "KL", method, n_samples, seed, generator)
+    est = divergence(model, tp, tq, model.closed_kl, log_ratio, "KL", method, n_samples, seed, generator)
     return est if return_error else est.value
 
 
@@ -130,9 +71,9 @@ def jeffreys(
 ) -> Tensor | Estimate:
     """Jeffreys divergence KL[p‖q] + KL[q‖p] (symmetric), with errors added."""
     tp, tq = _pair(model, theta_p, theta_q)
-    a = _divergence(model, tp, tq, model.closed_kl, _log_ratio, "KL", method, n_samples, seed, generator)
+    a = divergence(model, tp, tq, model.closed_kl, log_ratio, "KL", method, n_samples, seed, generator)
     seed2 = None if seed is None else seed + 1
-    b = _divergence(model, tq, tp, model.closed_kl, _log_ratio, "KL", method, n_samples, seed2, generator)
+    b = divergence(model, tq, tp, model.closed_kl, log_ratio, "KL", method, n_samples, seed2, generator)
     est = Estimate(
         a.value + b.value,
         a.error + b.error,
@@ -156,7 +97,7 @@ def chi2(
     """Pearson χ² = ∫ (q − p)²/p dx = E_p[(q/p − 1)²] (may be +inf for wide q)."""
     tp, tq = _pair(model, theta_p, theta_q)
     closed = getattr(model, "chi2_formula", lambda a, b: None)
-    est = _divergence(model, tp, tq, closed, _pearson, "chi-squared divergence", method, n_samples, seed, generator)
+    est = divergence(model, tp, tq, closed, pearson, "chi-squared divergence", method, n_samples, seed, generator)
     return est if return_error else est.value
 
 

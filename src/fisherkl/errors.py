@@ -25,3 +25,7 @@ class RouteError(FisherKLError, ValueError):
 
 class ConvergenceError(FisherKLError, RuntimeError):
     """A numerical expectation (series or quadrature) did not reach its tolerance."""
+
+
+class SingularFisherWarning(UserWarning):
+    """The Fisher information is singular at θ (a direction of θ is not identifiable there)."""

@@ -54,6 +54,11 @@ def _dist_bounds(dist: Distribution) -> tuple[object, object] | None:
 
 
 def _bounds(support: tc.Constraint) -> tuple[object, object] | None:
+    mixture = getattr(tc, "MixtureSameFamilyConstraint", None)
+    if mixture is not None and isinstance(support, mixture):
+        inner = _bounds(support.base_constraint)
+        scalar = inner is not None and all(not isinstance(b, Tensor) or b.numel() == 1 for b in inner)
+        return inner if scalar else None
     if isinstance(support, tc._Real):
         return (-math.inf, math.inf)
     if isinstance(support, (tc._GreaterThan, tc._GreaterThanEq)):

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .derivatives import hessian_at_zero, log_prob_derivatives
+from .divergence_core import divergence, log_ratio
 from .errors import NonRegularModelError, RouteError
 from .estimate import Estimate
 from .expectation import exact_scheme, expect_exact, expect_mc
@@ -75,10 +76,11 @@ def fisher(
                 raise RouteError(f"{model.name}: no closed-form Fisher; available routes: {routes}")
             est = Estimate(value, torch.zeros_like(value), "closed")
         elif method in ("kl_hessian", "jeffreys_hessian"):
-            est = _kl_route(model, theta, method)
+            est = _kl_route(model, theta, method, n_samples, seed)
         else:
             est = _expectation_route(model, theta, method, expectation, n_samples, seed, generator, rtol)
     check_not_nan(model, est.value, f"the Fisher information by route {est.method!r}")
+    model.diagnose(theta, est.value)
     return est if return_error else est.value
 
 
@@ -97,42 +99,60 @@ def available_routes(model: Model, theta: Tensor) -> list[str]:
     with no_argument_validation():
         if model.closed_fisher(theta) is not None:
             routes.append("closed")
-        if model.has_closed_kl(theta):
-            routes += ["kl_hessian", "jeffreys_hessian"]
+        closed_kl = model.has_closed_kl(theta)
         exact = exact_scheme(model.distribution(theta)) is not None
     suffix = "" if exact else " (mc)"
+    if closed_kl or exact:
+        routes += ["kl_hessian", "jeffreys_hessian"]
+    else:
+        routes.append("kl_hessian (mc)")
     routes.append("score" + suffix)
     if model.twice_differentiable:
         routes.append("neg_hessian" + suffix)
     return routes
 
 
-def _kl_route(model: Model, theta: Tensor, method: str) -> Estimate:
-    if not model.has_closed_kl(theta):
-        raise RouteError(
-            f"{model.name}: route {method!r} needs a closed-form KL, which this model lacks; "
-            "use method='score' or 'neg_hessian' (or give Model(..., kl=...))"
-        )
+def _kl_route(model: Model, theta: Tensor, method: str, n_samples: int, seed: int | None) -> Estimate:
+    """∇²_δ KL[p_θ ‖ p_θ+δ] (or ½∇² of the Jeffreys divergence) at δ = 0.
+
+    With a closed-form KL this is exact autodiff of the formula. Without one, the KL itself is an
+    exact expectation (sum, series or quadrature with the nodes held fixed), differentiated
+    twice; the stated error is then NaN (not propagated through the differentiation). For
+    Monte Carlo-only models ``kl_hessian`` differentiates the sample mean of log p_θ − log p_θ+δ
+    over draws from p_θ; ``jeffreys_hessian`` would need draws from p_θ+δ and is refused.
+    """
+    closed = model.has_closed_kl(theta)
+    scheme = "closed"
+    if not closed:
+        exact = exact_scheme(model.distribution(theta.detach())) is not None
+        if method == "jeffreys_hessian" and not exact:
+            raise RouteError(
+                f"{model.name}: route 'jeffreys_hessian' needs a closed-form KL or an exact expectation; "
+                "use 'kl_hessian', 'score' or 'neg_hessian' (Monte Carlo)"
+            )
+        scheme = "exact" if exact else "mc"
+
+    def one_way(tp: Tensor, tq: Tensor) -> Tensor:
+        if closed:
+            value = model.closed_kl(tp, tq)
+            assert value is not None
+            return value
+        est = divergence(model, tp, tq, lambda a, b: None, log_ratio, "KL", scheme, n_samples, seed, None)
+        return est.value
+
     if method == "kl_hessian":
-
-        def div(delta: Tensor) -> Tensor:
-            return _closed_kl(model, theta, theta + delta)
-
-        value = hessian_at_zero(div, theta)
+        value = hessian_at_zero(lambda delta: one_way(theta, theta + delta), theta)
     else:
-
-        def div(delta: Tensor) -> Tensor:
-            return _closed_kl(model, theta, theta + delta) + _closed_kl(model, theta + delta, theta)
-
-        value = 0.5 * hessian_at_zero(div, theta)
+        value = 0.5 * hessian_at_zero(
+            lambda delta: one_way(theta, theta + delta) + one_way(theta + delta, theta), theta
+        )
     value = 0.5 * (value + value.transpose(-1, -2))
-    return Estimate(value, torch.zeros_like(value), method)
-
-
-def _closed_kl(model: Model, tp: Tensor, tq: Tensor) -> Tensor:
-    kl = model.closed_kl(tp, tq)
-    assert kl is not None
-    return kl
+    if closed:
+        return Estimate(value, torch.zeros_like(value), method)
+    label = scheme if scheme == "mc" else exact_scheme(model.distribution(theta.detach()))
+    return Estimate(
+        value, torch.full_like(value, float("nan")), f"{method}/{label}", n_samples if scheme == "mc" else None
+    )
 
 
 def _expectation_route(

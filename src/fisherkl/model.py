@@ -215,6 +215,18 @@ class Model:
         except NotImplementedError:
             return None
 
+    def unconstrained(self) -> Model:
+        """This model over ℝ^d (each coordinate through ``torch.distributions.biject_to``).
+
+        The result has ``inverse(theta)`` mapping θ to its unconstrained coordinates.
+        """
+        from .reparam import unconstrained  # reparam builds on Model
+
+        return unconstrained(self)
+
+    def diagnose(self, theta: Tensor, info: Tensor) -> None:
+        """Warn about known singular points of the Fisher information (a hook for families)."""
+
     def has_closed_kl(self, theta: Tensor) -> bool:
         """Whether :meth:`closed_kl` gives an answer near θ.
 

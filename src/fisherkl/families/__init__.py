@@ -5,7 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ParameterError
-from . import continuous, discrete, multivariate, nonregular  # noqa: F401  (registration)
+
+# isort: off
+# imported for their registrations, in the order `names()` lists them
+from . import location_scale, positive, unit_interval, circular  # noqa: F401
+from . import discrete, multivariate, gaussian, mixture, nonregular  # noqa: F401
+
+# isort: on
 from .base import _REGISTRY, Family, Fixed, register
 
 

@@ -15,7 +15,8 @@ from torch import Tensor
 from torch.distributions import Distribution
 
 from ..constraints import Constraint
-from ..errors import ParameterError
+from ..errors import ParameterError, RouteError
+from ..expfamily import ExponentialFamily
 from ..model import Model, Param
 
 _REGISTRY: dict[str, type[Family]] = {}
@@ -101,9 +102,42 @@ class Family(Model):
         """A(η) ``[...]``; only meaningful when :meth:`natural` is defined."""
         raise NotImplementedError
 
+    def from_natural(self, eta: Tensor) -> Tensor:
+        """θ(η), the inverse of :meth:`natural`."""
+        raise NotImplementedError
+
+    def exponential_family(self) -> ExponentialFamily:
+        """This family in natural coordinates η (Fisher ∇²A(η), KL the Bregman divergence of A).
+
+        Pulled back through η(θ) (``fisherkl.reparametrize(ef, family.natural)``), its Fisher is
+        the family's closed form.
+        """
+        eta0 = self.natural(self.typical())
+        if eta0 is None:
+            raise RouteError(f"{self.name}: fisherkl has no exponential-family form for this family")
+        return ExponentialFamily(
+            self.log_partition,
+            eta0.shape[-1],
+            base=lambda eta: self.make(self.from_natural(eta)),
+            domain=self.in_natural_domain,
+            names=[f"eta[{i}]" for i in range(eta0.shape[-1])],
+            name=f"{self.name} (natural parameters)",
+        )
+
     def in_natural_domain(self, eta: Tensor) -> Tensor:
         """Whether A(η) < ∞, elementwise over the batch ``[...]``."""
         return torch.ones(eta.shape[:-1], dtype=torch.bool, device=eta.device)
+
+    def bregman_kl(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        """KL as the Bregman divergence of A: A(η_q) − A(η_p) − ⟨η_q − η_p, ∇A(η_p)⟩."""
+        eta_p, eta_q = self.natural(theta_p), self.natural(theta_q)
+        assert eta_p is not None and eta_q is not None
+        with torch.enable_grad():
+            leaf = eta_p if eta_p.requires_grad else eta_p.detach().requires_grad_(True)
+            a_p = self.log_partition(leaf)
+            (mean_p,) = torch.autograd.grad(a_p.sum(), leaf, create_graph=True)
+        kl = self.log_partition(eta_q) - a_p - ((eta_q - leaf) * mean_p).sum(-1)
+        return kl if (theta_p.requires_grad or theta_q.requires_grad) else kl.detach()
 
     def chi2_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor | None:
         """Pearson χ² for exponential families: ∫q²/p = exp(A(2η_q − η_p) − 2A(η_q) + A(η_p)).

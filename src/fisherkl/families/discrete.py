@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.distributions import Bernoulli, Distribution, Geometric, Poisson
+from torch.distributions import Bernoulli, Distribution, Geometric, NegativeBinomial, Poisson
 
 from ..constraints import positive, positive_integer, unit_interval
 from ..model import Param
-from .accurate import AccurateBinomial
 from .base import Family, Fixed, register
+from .distributions import AccurateBinomial
 
 
 class OneProbability(Family):
@@ -33,6 +33,9 @@ class BernoulliFamily(OneProbability):
     def natural(self, theta: Tensor) -> Tensor:
         return torch.logit(theta)
 
+    def from_natural(self, eta: Tensor) -> Tensor:
+        return torch.sigmoid(eta)
+
     def log_partition(self, eta: Tensor) -> Tensor:
         return torch.nn.functional.softplus(eta[..., 0])
 
@@ -54,6 +57,9 @@ class BinomialFamily(OneProbability):
     def natural(self, theta: Tensor) -> Tensor:
         return torch.logit(theta)
 
+    def from_natural(self, eta: Tensor) -> Tensor:
+        return torch.sigmoid(eta)
+
     def log_partition(self, eta: Tensor) -> Tensor:
         return self.fixed_values["total_count"] * torch.nn.functional.softplus(eta[..., 0])
 
@@ -72,6 +78,9 @@ class GeometricFamily(OneProbability):
 
     def natural(self, theta: Tensor) -> Tensor:
         return torch.log1p(-theta)
+
+    def from_natural(self, eta: Tensor) -> Tensor:
+        return -torch.expm1(eta)
 
     def log_partition(self, eta: Tensor) -> Tensor:
         return -torch.log(-torch.expm1(eta[..., 0]))
@@ -99,8 +108,48 @@ class PoissonFamily(Family):
     def natural(self, theta: Tensor) -> Tensor:
         return torch.log(theta)
 
+    def from_natural(self, eta: Tensor) -> Tensor:
+        return torch.exp(eta)
+
     def log_partition(self, eta: Tensor) -> Tensor:
         return torch.exp(eta[..., 0])
 
     def fisher_formula(self, theta: Tensor) -> Tensor:
         return (1 / theta).unsqueeze(-1)
+
+
+@register
+class NegativeBinomialFamily(Family):
+    """Successes before the r-th failure, success probability p (torch's convention):
+    I(p) = r/(p(1 − p)²) (= r/(q²(1 − q)) in the failure probability q = 1 − p)."""
+
+    name = "negativebinomial"
+    torch_name = "NegativeBinomial"
+    description = "NegativeBinomial(total_count r fixed, probs p): successes before r failures"
+    fixed = {"total_count": Fixed(positive, 5.0, "number of failures r", cast=float)}
+    typical_theta = (0.4,)
+
+    def param_spec(self) -> list[Param]:
+        return [Param("probs", unit_interval)]
+
+    def make(self, theta: Tensor) -> Distribution:
+        return NegativeBinomial(self.fixed_values["total_count"], probs=theta[..., 0], validate_args=False)
+
+    def fisher_formula(self, theta: Tensor) -> Tensor:
+        r = self.fixed_values["total_count"]
+        return (r / (theta * (1 - theta).square())).unsqueeze(-1)
+
+    def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        return self.bregman_kl(theta_p, theta_q)
+
+    def natural(self, theta: Tensor) -> Tensor:
+        return torch.log(theta)
+
+    def from_natural(self, eta: Tensor) -> Tensor:
+        return torch.exp(eta)
+
+    def log_partition(self, eta: Tensor) -> Tensor:
+        return -self.fixed_values["total_count"] * torch.log(-torch.expm1(eta[..., 0]))
+
+    def in_natural_domain(self, eta: Tensor) -> Tensor:
+        return eta[..., 0] < 0

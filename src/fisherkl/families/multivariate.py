@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 from torch.distributions import Categorical, Distribution
+from torch.distributions.transforms import StickBreakingTransform
 
-from ..constraints import Constraint, positive, unit_interval
+from ..constraints import Constraint, positive, positive_integer, unit_interval
 from ..model import Param
-from ..special import trigamma
-from .accurate import AccurateDirichlet, dirichlet_kl
+from ..special import lgamma, trigamma
 from .base import Family, Fixed, register
+from .distributions import AccurateDirichlet, EnumerableMultinomial, dirichlet_kl
 
 categories = Constraint(low=2.0, low_open=False, integer=True)
 
@@ -40,6 +43,15 @@ class CategoricalFamily(Family):
                 total, ok, "the probabilities 'probs' must sum to less than 1 (the last one is 1 − sum)", what
             )
 
+    def unconstraining_transform(self) -> Callable[[Tensor], Tensor]:
+        """ℝ^{k−1} → the first k−1 probabilities, by torch's stick-breaking bijection."""
+        stick = StickBreakingTransform()
+        return lambda u: stick(u)[..., :-1]
+
+    def unconstraining_inverse(self) -> Callable[[Tensor], Tensor]:
+        stick = StickBreakingTransform()
+        return lambda theta: stick.inv(self.full_probs(theta))
+
     @staticmethod
     def full_probs(theta: Tensor) -> Tensor:
         return torch.cat([theta, 1 - theta.sum(-1, keepdim=True)], -1)
@@ -49,6 +61,10 @@ class CategoricalFamily(Family):
 
     def natural(self, theta: Tensor) -> Tensor:
         return torch.log(theta) - torch.log1p(-theta.sum(-1, keepdim=True))
+
+    def from_natural(self, eta: Tensor) -> Tensor:
+        zero = torch.zeros_like(eta[..., :1])
+        return torch.softmax(torch.cat([eta, zero], -1), -1)[..., :-1]
 
     def log_partition(self, eta: Tensor) -> Tensor:
         zero = torch.zeros_like(eta[..., :1])
@@ -64,6 +80,35 @@ class CategoricalFamily(Family):
         # Σ p_i (log p_i − log q_i), written without torch's masked in-place writes (vmap-safe).
         p, q = self.full_probs(theta_p), self.full_probs(theta_q)
         return torch.sum(torch.xlogy(p, p) - torch.xlogy(p, q), -1)
+
+
+@register
+class MultinomialFamily(CategoricalFamily):
+    """Counts of n draws over k categories; θ = the first k−1 probabilities. I = n × categorical's."""
+
+    name = "multinomial"
+    torch_name = "Multinomial"
+    description = "Multinomial(total_count n fixed, k categories); θ = the first k−1 probabilities"
+    fixed = {
+        "total_count": Fixed(positive_integer, 10, "number of draws n"),
+        "k": Fixed(categories, 3, "number of categories"),
+    }
+
+    @property
+    def n(self) -> int:
+        return int(self.fixed_values["total_count"])
+
+    def make(self, theta: Tensor) -> Distribution:
+        return EnumerableMultinomial(self.n, probs=self.full_probs(theta), validate_args=False)
+
+    def fisher_formula(self, theta: Tensor) -> Tensor:
+        return self.n * super().fisher_formula(theta)
+
+    def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        return self.n * super().kl_formula(theta_p, theta_q)
+
+    def log_partition(self, eta: Tensor) -> Tensor:
+        return self.n * super().log_partition(eta)
 
 
 @register
@@ -86,9 +131,12 @@ class DirichletFamily(Family):
     def natural(self, theta: Tensor) -> Tensor:
         return theta - 1
 
+    def from_natural(self, eta: Tensor) -> Tensor:
+        return eta + 1
+
     def log_partition(self, eta: Tensor) -> Tensor:
         a = eta + 1
-        return torch.lgamma(a).sum(-1) - torch.lgamma(a.sum(-1))
+        return lgamma(a).sum(-1) - lgamma(a.sum(-1))
 
     def in_natural_domain(self, eta: Tensor) -> Tensor:
         return (eta > -1).all(-1)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import torch
 from torch import Tensor
 from torch.distributions import Distribution, Uniform
 
@@ -35,6 +38,13 @@ class UniformFamily(Family):
                 "parameter 'high' must be greater than 'low' (high − low shown)",
                 what,
             )
+
+    def unconstraining_transform(self) -> Callable[[Tensor], Tensor]:
+        """(u₀, u₁) ↦ (low, high) = (u₀, u₀ + exp(u₁))."""
+        return lambda u: torch.stack([u[..., 0], u[..., 0] + torch.exp(u[..., 1])], -1)
+
+    def unconstraining_inverse(self) -> Callable[[Tensor], Tensor]:
+        return lambda t: torch.stack([t[..., 0], torch.log(t[..., 1] - t[..., 0])], -1)
 
     def make(self, theta: Tensor) -> Distribution:
         return Uniform(theta[..., 0], theta[..., 1], validate_args=False)

@@ -1,24 +1,23 @@
-"""Univariate continuous families (one observation each; formulas from DESIGN.md)."""
+"""Location–scale families p(x | μ, σ) = f((x − μ)/σ)/σ on the real line (and LogNormal).
+
+Their Fisher information is σ⁻²[[a, c], [c, e]] with a, c, e depending on f alone; the same
+coefficients give their Fisher–Rao distances in closed form.
+"""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
-from torch.distributions import (
-    Cauchy,
-    Distribution,
-    Exponential,
-    HalfNormal,
-    Laplace,
-    LogNormal,
-    Normal,
-)
+from torch.distributions import Cauchy, Distribution, Gumbel, Laplace, LogNormal, Normal, StudentT
 
 from ..constraints import positive, real
 from ..model import Param
-from ..special import trigamma
-from .accurate import AccurateBeta, AccurateGamma, dirichlet_kl, gamma_kl
-from .base import Family, register, split, sym2
+from .base import Family, Fixed, register, split
+from .distributions import Logistic
+
+EULER_GAMMA = 0.5772156649015329
 
 
 def _psi(z: Tensor) -> Tensor:
@@ -62,6 +61,10 @@ class NormalFamily(LocationScale):
         v = scale.square()
         return torch.stack([loc / v, -0.5 / v], -1)
 
+    def from_natural(self, eta: Tensor) -> Tensor:
+        var = -0.5 / eta[..., 1]
+        return torch.stack([eta[..., 0] * var, var.sqrt()], -1)
+
     def log_partition(self, eta: Tensor) -> Tensor:
         e1, e2 = split(eta)
         return -e1.square() / (4 * e2) - 0.5 * torch.log(-2 * e2)
@@ -85,6 +88,10 @@ class LogNormalFamily(LocationScale):
         loc, scale = split(theta)
         v = scale.square()
         return torch.stack([loc / v, -0.5 / v], -1)
+
+    def from_natural(self, eta: Tensor) -> Tensor:
+        var = -0.5 / eta[..., 1]
+        return torch.stack([eta[..., 0] * var, var.sqrt()], -1)
 
     def log_partition(self, eta: Tensor) -> Tensor:
         e1, e2 = split(eta)
@@ -139,118 +146,46 @@ class CauchyFamily(LocationScale):
 
 
 @register
-class HalfNormalFamily(Family):
-    name = "halfnormal"
-    torch_name = "HalfNormal"
-    description = "|X|, X ~ Normal(0, scale)"
-    typical_theta = (1.5,)
-
-    def param_spec(self) -> list[Param]:
-        return [Param("scale", positive)]
+class LogisticFamily(LocationScale):
+    name = "logistic"
+    torch_name = "Logistic (fisherkl)"
+    description = "Logistic(loc, scale)"
+    a, c, e = 1 / 3, 0.0, (math.pi**2 + 3) / 9
 
     def make(self, theta: Tensor) -> Distribution:
-        return HalfNormal(theta[..., 0], validate_args=False)
-
-    def natural(self, theta: Tensor) -> Tensor:
-        return -0.5 / theta.square()
-
-    def log_partition(self, eta: Tensor) -> Tensor:
-        return -0.5 * torch.log(-2 * eta[..., 0])
-
-    def in_natural_domain(self, eta: Tensor) -> Tensor:
-        return eta[..., 0] < 0
-
-    def fisher_formula(self, theta: Tensor) -> Tensor:
-        return (2 / theta.square()).unsqueeze(-1)
+        loc, scale = split(theta)
+        return Logistic(loc, scale, validate_args=False)
 
 
 @register
-class ExponentialRateFamily(Family):
-    name = "exponential"
-    torch_name = "Exponential"
-    description = "Exponential(rate λ)"
-    typical_theta = (1.7,)
-
-    def param_spec(self) -> list[Param]:
-        return [Param("rate", positive)]
+class GumbelFamily(LocationScale):
+    name = "gumbel"
+    torch_name = "Gumbel"
+    description = "Gumbel (maximum) with loc, scale"
+    a, c, e = 1.0, EULER_GAMMA - 1, (1 - EULER_GAMMA) ** 2 + math.pi**2 / 6
 
     def make(self, theta: Tensor) -> Distribution:
-        return Exponential(theta[..., 0], validate_args=False)
-
-    def natural(self, theta: Tensor) -> Tensor:
-        return -theta
-
-    def log_partition(self, eta: Tensor) -> Tensor:
-        return -torch.log(-eta[..., 0])
-
-    def in_natural_domain(self, eta: Tensor) -> Tensor:
-        return eta[..., 0] < 0
-
-    def fisher_formula(self, theta: Tensor) -> Tensor:
-        return (1 / theta.square()).unsqueeze(-1)
+        loc, scale = split(theta)
+        return Gumbel(loc, scale, validate_args=False)
 
 
 @register
-class GammaFamily(Family):
-    name = "gamma"
-    torch_name = "Gamma"
-    description = "Gamma(concentration α, rate β)"
-    typical_theta = (2.5, 1.7)
+class StudentTFamily(LocationScale):
+    name = "studentt"
+    torch_name = "StudentT"
+    description = "Student's t with fixed df ν, loc, scale"
+    fixed = {"df": Fixed(positive, 5.0, "degrees of freedom ν", cast=float)}
 
-    def param_spec(self) -> list[Param]:
-        return [Param("concentration", positive), Param("rate", positive)]
+    @property
+    def a(self) -> float:  # type: ignore[override]
+        nu = self.fixed_values["df"]
+        return (nu + 1) / (nu + 3)
 
-    def make(self, theta: Tensor) -> Distribution:
-        a, b = split(theta)
-        return AccurateGamma(a, b, validate_args=False)
-
-    def natural(self, theta: Tensor) -> Tensor:
-        a, b = split(theta)
-        return torch.stack([a - 1, -b], -1)
-
-    def log_partition(self, eta: Tensor) -> Tensor:
-        e1, e2 = split(eta)
-        return torch.lgamma(e1 + 1) - (e1 + 1) * torch.log(-e2)
-
-    def in_natural_domain(self, eta: Tensor) -> Tensor:
-        return (eta[..., 0] > -1) & (eta[..., 1] < 0)
-
-    def fisher_formula(self, theta: Tensor) -> Tensor:
-        a, b = split(theta)
-        return sym2(trigamma(a), -1 / b, a / b.square())
-
-    def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
-        return gamma_kl(*split(theta_p), *split(theta_q))
-
-
-@register
-class BetaFamily(Family):
-    name = "beta"
-    torch_name = "Beta"
-    description = "Beta(concentration1 a, concentration0 b)"
-    typical_theta = (2.0, 3.0)
-
-    def param_spec(self) -> list[Param]:
-        return [Param("concentration1", positive), Param("concentration0", positive)]
+    @property
+    def e(self) -> float:  # type: ignore[override]
+        nu = self.fixed_values["df"]
+        return 2 * nu / (nu + 3)
 
     def make(self, theta: Tensor) -> Distribution:
-        a, b = split(theta)
-        return AccurateBeta(a, b, validate_args=False)
-
-    def natural(self, theta: Tensor) -> Tensor:
-        return theta - 1
-
-    def log_partition(self, eta: Tensor) -> Tensor:
-        a, b = split(eta + 1)
-        return torch.lgamma(a) + torch.lgamma(b) - torch.lgamma(a + b)
-
-    def in_natural_domain(self, eta: Tensor) -> Tensor:
-        return (eta > -1).all(-1)
-
-    def fisher_formula(self, theta: Tensor) -> Tensor:
-        a, b = split(theta)
-        t = trigamma(a + b)
-        return sym2(trigamma(a) - t, -t, trigamma(b) - t)
-
-    def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
-        return dirichlet_kl(theta_p, theta_q)
+        loc, scale = split(theta)
+        return StudentT(self.fixed_values["df"], loc, scale, validate_args=False)

@@ -1,0 +1,40 @@
+"""Circular families: the von Mises distribution on [−π, π)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+from ..constraints import positive, real
+from ..model import Param
+from .base import Family, diag_matrix, register, split
+from .distributions import AccurateVonMises, bessel_ratio, log_i0
+
+
+@register
+class VonMisesFamily(Family):
+    """VonMises(loc μ, concentration κ): I = diag(κA, 1 − A/κ − A²), A = I₁(κ)/I₀(κ)."""
+
+    name = "vonmises"
+    torch_name = "VonMises"
+    description = "VonMises(loc μ, concentration κ) on the circle"
+    typical_theta = (0.3, 2.0)
+
+    def param_spec(self) -> list[Param]:
+        return [Param("loc", real), Param("concentration", positive)]
+
+    def make(self, theta: Tensor) -> Distribution:
+        loc, kappa = split(theta)
+        return AccurateVonMises(loc, kappa, validate_args=False)
+
+    def fisher_formula(self, theta: Tensor) -> Tensor:
+        _, kappa = split(theta)
+        a = bessel_ratio(kappa)
+        return diag_matrix(kappa * a, 1 - a / kappa - a.square())
+
+    def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        # KL = log I₀(κq) − log I₀(κp) + A(κp)(κp − κq cos(μp − μq))
+        mp, kp = split(theta_p)
+        mq, kq = split(theta_q)
+        return log_i0(kq) - log_i0(kp) + bessel_ratio(kp) * (kp - kq * torch.cos(mp - mq))

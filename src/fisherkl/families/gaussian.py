@@ -1,0 +1,181 @@
+"""Multivariate normal families: full covariance (Cholesky), diagonal, and low-rank plus diagonal.
+
+Fisher information of N(μ(θ), Σ(θ)) (Mardia & Marshall 1984):
+
+    I_ij = ∂ᵢμᵀ Σ⁻¹ ∂ⱼμ + ½ tr(Σ⁻¹ ∂ᵢΣ Σ⁻¹ ∂ⱼΣ).
+
+For the Cholesky parametrisation Σ = LLᵀ it has the closed form (M = L⁻¹, P = Σ⁻¹ = MᵀM)
+
+    I[(a,b),(c,d)] = M[d,a]·M[b,c] + δ_bd·P[a,c]     (a ≥ b, c ≥ d),
+
+computed without any d² × d² autodiff (k = 50: 1,325 parameters in milliseconds).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, Independent, LowRankMultivariateNormal, MultivariateNormal, Normal
+
+from ..constraints import Constraint, positive, positive_integer, real
+from ..model import Param
+from .base import Family, Fixed, register
+
+dimension = Constraint(low=1.0, low_open=False, integer=True)
+
+
+def _tril_indices(k: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
+    """Row-major lower-triangular (row, column) indices of a k × k matrix."""
+    rows, cols = torch.tril_indices(k, k, device=device)
+    return rows, cols
+
+
+def gaussian_fisher(precision: Tensor, d_mean: Tensor, d_cov: Tensor) -> Tensor:
+    """I = ∂μᵀ P ∂μ + ½ tr(P ∂ᵢΣ P ∂ⱼΣ) from P ``[..., k, k]``, ∂μ ``[..., k, m]``, ∂Σ ``[..., m, k, k]``."""
+    mean_part = d_mean.transpose(-1, -2) @ precision @ d_mean
+    b = precision.unsqueeze(-3) @ d_cov  # [..., m, k, k]
+    cov_part = 0.5 * torch.einsum("...iab,...jba->...ij", b, b)
+    return mean_part + cov_part
+
+
+@register
+class MVNFamily(Family):
+    """N(loc, LLᵀ) in k dimensions; θ = (loc[k], the lower-triangular L row-major, diagonal > 0)."""
+
+    name = "mvn"
+    torch_name = "MultivariateNormal"
+    description = "MultivariateNormal(loc, scale_tril) in k dimensions; θ = loc then L row-major"
+    fixed = {"k": Fixed(dimension, 2, "dimension k")}
+
+    @property
+    def k(self) -> int:
+        return int(self.fixed_values["k"])
+
+    @property
+    def typical_theta(self) -> tuple[float, ...]:  # type: ignore[override]
+        k = self.k
+        loc = [0.1 * i for i in range(k)]
+        rows, cols = _tril_indices(k)
+        tril = [1.0 + 0.2 * int(r) if r == c else 0.3 / (1 + int(r) - int(c)) for r, c in zip(rows, cols)]
+        return tuple(loc + tril)
+
+    def param_spec(self) -> list[Param]:
+        rows, cols = _tril_indices(self.k)
+        tril = [Param(f"scale_tril[{int(r)},{int(c)}]", positive if r == c else real) for r, c in zip(rows, cols)]
+        return [Param("loc", real, self.k), *tril]
+
+    def split(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """θ → (loc ``[..., k]``, L ``[..., k, k]``)."""
+        k = self.k
+        loc = theta[..., :k]
+        rows, cols = _tril_indices(k, theta.device)
+        tril = theta.new_zeros((*theta.shape[:-1], k, k))
+        tril[..., rows, cols] = theta[..., k:]
+        return loc, tril
+
+    def make(self, theta: Tensor) -> Distribution:
+        loc, tril = self.split(theta)
+        return MultivariateNormal(loc, scale_tril=tril, validate_args=False)
+
+    def fisher_formula(self, theta: Tensor) -> Tensor:
+        k = self.k
+        _, tril = self.split(theta)
+        eye = torch.eye(k, dtype=theta.dtype, device=theta.device).expand_as(tril)
+        m = torch.linalg.solve_triangular(tril, eye, upper=False)  # L⁻¹
+        p = m.transpose(-1, -2) @ m
+        a, b = _tril_indices(k, theta.device)
+        # I[(a,b),(c,d)] = M[d,a] M[b,c] + δ_bd P[a,c]
+        first = m[..., b[None, :], a[:, None]] * m[..., b[:, None], a[None, :]]
+        second = (b[:, None] == b[None, :]).to(theta.dtype) * p[..., a[:, None], a[None, :]]
+        n = theta.shape[-1]
+        out = theta.new_zeros((*theta.shape[:-1], n, n))
+        out[..., :k, :k] = p
+        out[..., k:, k:] = first + second
+        return out
+
+
+@register
+class MVNDiagFamily(Family):
+    """N(loc, diag(scale²)) as ``Independent(Normal(loc, scale), 1)``; θ = (loc[k], scale[k])."""
+
+    name = "mvn_diag"
+    torch_name = "Independent(Normal)"
+    description = "multivariate normal with diagonal covariance; θ = loc[k], scale[k]"
+    fixed = {"k": Fixed(dimension, 2, "dimension k")}
+
+    @property
+    def typical_theta(self) -> tuple[float, ...]:  # type: ignore[override]
+        k = int(self.fixed_values["k"])
+        return tuple([0.1 * i for i in range(k)] + [1.0 + 0.5 * i for i in range(k)])
+
+    def param_spec(self) -> list[Param]:
+        k = int(self.fixed_values["k"])
+        return [Param("loc", real, k), Param("scale", positive, k)]
+
+    def make(self, theta: Tensor) -> Distribution:
+        k = int(self.fixed_values["k"])
+        return Independent(Normal(theta[..., :k], theta[..., k:], validate_args=False), 1, validate_args=False)
+
+    def fisher_formula(self, theta: Tensor) -> Tensor:
+        k = int(self.fixed_values["k"])
+        inv = 1 / theta[..., k:].square()
+        return torch.diag_embed(torch.cat([inv, 2 * inv], -1))
+
+
+@register
+class LowRankMVNFamily(Family):
+    """N(loc, WWᵀ + diag(D)) with W ``[k, rank]``; θ = (loc[k], W row-major, D[k] > 0)."""
+
+    name = "lowrank_mvn"
+    torch_name = "LowRankMultivariateNormal"
+    description = "normal with covariance W Wᵀ + diag(D); θ = loc[k], cov_factor[k×rank], cov_diag[k]"
+    fixed = {"k": Fixed(dimension, 3, "dimension k"), "rank": Fixed(positive_integer, 1, "rank of W")}
+
+    @property
+    def k(self) -> int:
+        return int(self.fixed_values["k"])
+
+    @property
+    def rank(self) -> int:
+        return int(self.fixed_values["rank"])
+
+    @property
+    def typical_theta(self) -> tuple[float, ...]:  # type: ignore[override]
+        k, r = self.k, self.rank
+        w = [0.5 / (1 + i + j) for i in range(k) for j in range(r)]
+        return tuple([0.1 * i for i in range(k)] + w + [1.0 + 0.25 * i for i in range(k)])
+
+    def param_spec(self) -> list[Param]:
+        k, r = self.k, self.rank
+        w = [Param(f"cov_factor[{i},{j}]", real) for i in range(k) for j in range(r)]
+        return [Param("loc", real, k), *w, Param("cov_diag", positive, k)]
+
+    def split(self, theta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        k, r = self.k, self.rank
+        loc = theta[..., :k]
+        w = theta[..., k : k + k * r].reshape((*theta.shape[:-1], k, r))
+        return loc, w, theta[..., k + k * r :]
+
+    def make(self, theta: Tensor) -> Distribution:
+        loc, w, d = self.split(theta)
+        return LowRankMultivariateNormal(loc, w, d, validate_args=False)
+
+    def fisher_formula(self, theta: Tensor) -> Tensor:
+        k, r = self.k, self.rank
+        _, w, d = self.split(theta)
+        cov = w @ w.transpose(-1, -2) + torch.diag_embed(d)
+        precision = torch.cholesky_inverse(torch.linalg.cholesky(cov))
+        n = theta.shape[-1]
+        batch = theta.shape[:-1]
+        eye = torch.eye(k, dtype=theta.dtype, device=theta.device)
+        d_mean = theta.new_zeros((*batch, k, n))
+        d_mean[..., :, :k] = eye
+        d_cov = theta.new_zeros((*batch, n, k, k))
+        for a in range(k):
+            for b in range(r):
+                i = k + a * r + b
+                col = w[..., :, b]  # ∂Σ/∂W_ab = e_a w_bᵀ + w_b e_aᵀ
+                d_cov[..., i, a, :] += col
+                d_cov[..., i, :, a] += col
+            d_cov[..., k + k * r + a, a, a] = 1.0
+        return gaussian_fisher(precision, d_mean, d_cov)
