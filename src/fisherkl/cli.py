@@ -66,12 +66,36 @@ def _family(args: argparse.Namespace) -> Family:
 
 
 def _theta(model: Family, text: str, what: str = "--theta") -> torch.Tensor:
-    values = _vector(text, what)
+    """θ from 'v1,v2,...' in θ order, or from named blocks 'loc=0,1; scale_tril=1,0.3,2'."""
+    values = _blocks(model, text, what) if "=" in text else _vector(text, what)
     if len(values) != model.dim:
         raise UsageError(
             f"{what} for {model.name} needs {model.dim} values ({', '.join(model.names)}), got {len(values)}"
         )
     return model.validate(torch.tensor(values, dtype=torch.float64), what.lstrip("-"))
+
+
+def _blocks(model: Family, text: str, what: str) -> list[float]:
+    bases = [n.split("[")[0] for n in model.names]
+    given: dict[str, list[float]] = {}
+    for part in text.split(";"):
+        if not part.strip():
+            continue
+        key, sep, vals = part.partition("=")
+        key = key.strip()
+        if not sep or key not in bases:
+            known = ", ".join(dict.fromkeys(bases))
+            raise UsageError(f"{what}: unknown parameter block {key!r} for {model.name} (blocks: {known})")
+        given[key] = _vector(vals, f"{what} {key}")
+    out: list[float] = []
+    for base in dict.fromkeys(bases):
+        need = bases.count(base)
+        if base not in given:
+            raise UsageError(f"{what}: missing block {base}= ({need} values)")
+        if len(given[base]) != need:
+            raise UsageError(f"{what}: block {base} needs {need} values, got {len(given[base])}")
+        out += given[base]
+    return out
 
 
 def _fmt(x: float) -> str:
@@ -156,8 +180,12 @@ def cmd_kl(args: argparse.Namespace) -> None:
         "kl_quadratic": 0.5 * quad,
         "jeffreys": float(jeffreys(f, theta, other)),  # type: ignore[arg-type]
         "jeffreys_quadratic": quad,
-        "chi2": float(chi2(f, theta, other)),  # type: ignore[arg-type]
     }
+    pearson = chi2(f, theta, other, return_error=True, seed=0)
+    assert isinstance(pearson, Estimate)
+    result["chi2"] = float(pearson.value)
+    result["chi2_method"] = pearson.method
+    result["chi2_error"] = float(pearson.error)
     result["kl_ratio"] = result["kl"] / result["kl_quadratic"] if quad > 0 else math.nan
     result["jeffreys_ratio"] = result["jeffreys"] / quad if quad > 0 else math.nan
     if args.json:
@@ -169,7 +197,8 @@ def cmd_kl(args: argparse.Namespace) -> None:
     print(f"  Jeffreys             {_fmt(result['jeffreys']):>20}")
     ratio = result["jeffreys_ratio"]
     print(f"  δᵀI(θ)δ              {_fmt(result['jeffreys_quadratic']):>20}   ratio J/(δᵀIδ)    = {ratio:.6f}")
-    print(f"  Pearson χ²           {_fmt(result['chi2']):>20}")
+    how = "" if result["chi2_method"] != "mc" else f"   (Monte Carlo, standard error {result['chi2_error']:.2g})"
+    print(f"  Pearson χ²           {_fmt(result['chi2']):>20}{how}")
 
 
 def _fmt_vec(v: Sequence[float]) -> str:
@@ -239,7 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     def common(s: argparse.ArgumentParser) -> None:
         s.add_argument("family", help="a family name (see `fisherkl families`)")
-        s.add_argument("--theta", required=True, help="parameters, comma-separated, in θ order")
+        s.add_argument(
+            "--theta",
+            required=True,
+            help="parameters, comma-separated in θ order, or named blocks: 'loc=0,1; scale_tril=1,0.3,2'",
+        )
         s.add_argument(
             "--fixed", action="append", default=[], metavar="NAME=VALUE", help="fixed argument, e.g. total_count=20"
         )
