@@ -13,13 +13,14 @@ $(PY):
 # torch==2.13.0 is a CPU build from local disk here; an unpinned torch would pull a CUDA build.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[dev,compare]"
+	$(PIP) install --quiet -e ".[dev,plot,compare]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# the main job: every family checked end to end -> tables here, plots + one HTML page in fisherkl-report/
 demo: $(STAMP)
-	$(VENV)/bin/fisherkl demo
+	$(VENV)/bin/fisherkl report --out fisherkl-report
 
 test: $(STAMP)
 	$(PY) -m pytest -q

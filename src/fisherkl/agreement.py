@@ -5,6 +5,7 @@ This is what ``fisherkl demo`` prints for every family: the seeds' relation chec
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -102,3 +103,35 @@ def agreement(
     except FisherKLError as exc:
         out.note = str(exc)
     return out
+
+
+def format_agreement(results: list[Agreement]) -> str:
+    """Two plain-text tables: the routes against the reference, and KL against ½δᵀIδ."""
+    lines = [f"{'family':<20} {'route':<17} {'computed as':<28} {'max rel diff':>12} {'stated err':>10} {'time':>8}"]
+    for a in results:
+        if a.note and not a.routes:
+            lines.append(f"{a.name:<20} {a.note}")
+            continue
+        for i, r in enumerate(a.routes):
+            label = a.name if i == 0 else ""
+            ref = " (reference)" if i == 0 else ""
+            err = f"{r.error:>10.1e}" if math.isfinite(r.error) else f"{'n/a':>10}"
+            lines.append(
+                f"{label:<20} {r.route:<17} {r.method + ref:<28} {r.rel_diff:>12.1e} {err} {r.seconds * 1e3:>6.1f}ms"
+            )
+    lines.append("")
+    lines.append(
+        f"{'family':<20} {'|δ|':>8} {'KL':>13} {'½δᵀIδ':>13} {'KL/(½δᵀIδ)':>12} {'J/(δᵀIδ)':>12} {'Jmid/(δᵀIδ)':>13}"
+    )
+    for a in results:
+        if not a.routes:
+            continue
+        lines.append(
+            f"{a.name:<20} {a.delta_norm:>8.1e} {a.kl:>13.6e} {a.kl_quadratic:>13.6e} {a.kl_ratio:>12.6f} "
+            f"{a.jeffreys_ratio:>12.8f} {a.midpoint_ratio:>13.10f}"
+        )
+    lines.append(
+        "\nKL(θ, θ+δ) and Jeffreys(θ, θ+δ) differ from their quadratic forms by O(|δ|) relative; Jmid = "
+        "Jeffreys(θ−δ/2, θ+δ/2) cancels the odd terms and differs by O(|δ|²)."
+    )
+    return "\n".join(lines)

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import torch
 
 from . import families
-from .agreement import Agreement, agreement
+from .agreement import Agreement, agreement, format_agreement
 from .divergence import chi2, jeffreys, kl
 from .errors import FisherKLError
 from .estimate import Estimate
@@ -215,32 +215,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
         return
     print("fisherkl demo: every route to the Fisher information at a typical θ, and the seeds' relation")
     print(f"KL[p_θ‖p_θ+δ] ≈ ½δᵀIδ and Jeffreys ≈ δᵀIδ at |δ| = {args.delta:g} (float64).\n")
-    print(f"{'family':<12} {'route':<17} {'computed as':<26} {'max rel diff':>12} {'stated err':>10} {'time':>8}")
-    for a in results:
-        if a.note and not a.routes:
-            print(f"{a.name:<12} {a.note}")
-            continue
-        for i, r in enumerate(a.routes):
-            label = a.name if i == 0 else ""
-            ref = " (reference)" if i == 0 else ""
-            print(
-                f"{label:<12} {r.route:<17} {r.method + ref:<26} {r.rel_diff:>12.1e} {r.error:>10.1e} "
-                f"{r.seconds * 1e3:>6.1f}ms"
-            )
-    print(
-        f"\n{'family':<12} {'|δ|':>8} {'KL':>13} {'½δᵀIδ':>13} {'KL/(½δᵀIδ)':>12} {'J/(δᵀIδ)':>12} {'Jmid/(δᵀIδ)':>13}"
-    )
-    for a in results:
-        if not a.routes:
-            continue
-        print(
-            f"{a.name:<12} {a.delta_norm:>8.1e} {a.kl:>13.6e} {a.kl_quadratic:>13.6e} {a.kl_ratio:>12.6f} "
-            f"{a.jeffreys_ratio:>12.8f} {a.midpoint_ratio:>13.10f}"
-        )
-    print(
-        "\nKL(θ, θ+δ) and Jeffreys(θ, θ+δ) differ from their quadratic forms by O(|δ|) relative; Jmid = "
-        "Jeffreys(θ−δ/2, θ+δ/2) cancels the odd terms and differs by O(|δ|²)."
-    )
+    print(format_agreement(results))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from .report import main_report
+
+    for name in args.family:
+        families.family(name)  # unknown names fail here, before any work
+    main_report(args.out, args.family or None, plots=not args.no_plots)
 
 
 def _agreement_json(a: Agreement) -> dict[str, Any]:
@@ -289,6 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
     common(s)
     s.add_argument("--delta", required=True, help="the step δ, comma-separated")
     s.set_defaults(run=cmd_kl)
+
+    s = sub.add_parser("report", help="check the whole catalogue; write tables, PNG plots and one HTML page")
+    s.add_argument("--out", default="fisherkl-report", help="output directory (default fisherkl-report)")
+    s.add_argument("--family", action="append", default=[], help="only these families (repeatable)")
+    s.add_argument("--no-plots", action="store_true", help="skip the plots (no matplotlib needed)")
+    s.set_defaults(run=cmd_report)
 
     s = sub.add_parser("demo", help="every family: all routes agree, and KL ≈ ½δᵀIδ")
     s.add_argument("--delta", type=float, default=1e-3, help="|δ| for the KL check (default 1e-3)")

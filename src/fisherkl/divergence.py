@@ -101,7 +101,7 @@ def chi2(
     return est if return_error else est.value
 
 
-def _quadratic(model: Model, theta: Any, delta: Any, method: Method) -> Tensor:
+def _quadratic(model: Model, theta: Any, delta: Any, method: Method, at: str = "start") -> Tensor:
     t = model.validate(theta)
     d = as_parameter_tensor(delta, "delta", like=t)
     if d.ndim == 0 and model.dim == 1:
@@ -110,7 +110,10 @@ def _quadratic(model: Model, theta: Any, delta: Any, method: Method) -> Tensor:
         raise ParameterError(f"{model.name}: delta must have last dimension {model.dim}, got shape {tuple(d.shape)}")
     if not bool(torch.isfinite(d).all()):
         raise ParameterError(f"{model.name}: delta must be finite, got {d.tolist()}")
-    info = fisher(model, t, method)
+    if at not in ("start", "midpoint"):
+        raise ParameterError(f"at must be 'start' or 'midpoint', got {at!r}")
+    where = t if at == "start" else model.validate(t + d / 2, "theta + delta/2")
+    info = fisher(model, where, method)
     assert isinstance(info, Tensor)
     return torch.einsum("...i,...ij,...j->...", d, info, d)
 
@@ -120,6 +123,11 @@ def kl_quadratic(model: Model, theta: Any, delta: Any, *, method: Method = "auto
     return 0.5 * _quadratic(model, theta, delta, method)
 
 
-def jeffreys_quadratic(model: Model, theta: Any, delta: Any, *, method: Method = "auto") -> Tensor:
-    """δᵀ I(θ) δ, the second-order approximation of Jeffreys(θ, θ+δ) and of χ²."""
-    return _quadratic(model, theta, delta, method)
+def jeffreys_quadratic(model: Model, theta: Any, delta: Any, *, method: Method = "auto", at: str = "start") -> Tensor:
+    """δᵀ I δ, the second-order approximation of Jeffreys(θ, θ+δ) (and of χ²).
+
+    ``at="start"`` uses I(θ): relative error O(|δ|). ``at="midpoint"`` uses I(θ + δ/2): Jeffreys
+    is symmetric in its two arguments, so expanding about the midpoint cancels the odd terms and
+    the relative error is O(|δ|²) (measured for every smooth family by ``fisherkl.check``).
+    """
+    return _quadratic(model, theta, delta, method, at)

@@ -1,0 +1,207 @@
+"""``fisherkl report``: the catalogue checked end to end, as terminal tables, PNG plots and one HTML page.
+
+The page is self-contained (plots embedded as base64 PNG, no scripts, no network) and written
+atomically (temporary file + rename), so an interrupted run never leaves a half page behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__, families
+from .agreement import Agreement, agreement, format_agreement
+from .convergence import CheckRow, check_model, format_table
+from .errors import FisherKLError
+from .families.base import Family
+
+
+@dataclass
+class Report:
+    out_dir: Path
+    html_path: Path
+    pngs: list[Path]
+    agreements: list[Agreement]
+    checks: list[CheckRow]
+    seconds: float
+
+
+def _progress(items: Sequence[Any], desc: str, enabled: bool | None) -> Iterable[Any]:
+    if enabled is None:
+        enabled = sys.stderr.isatty()
+    if not enabled:
+        return items
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover
+        return items
+    return tqdm(items, desc=desc, unit="family", leave=False, file=sys.stderr)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def build_report(
+    out_dir: str | os.PathLike[str] = "fisherkl-report",
+    names: Sequence[str] | None = None,
+    *,
+    plots: bool = True,
+    progress: bool | None = None,
+    echo: Callable[[str], None] | None = print,
+) -> Report:
+    """Check every family in ``names`` (default: the whole catalogue) and write the report."""
+    start = time.perf_counter()
+    out = Path(out_dir)
+    names = list(names) if names else families.names()
+    models: list[Family] = [families.family(n) for n in names]
+    agreements = [agreement(m, m.typical()) for m in _progress(models, "routes", progress)]
+    checks = [check_model(m, m.typical()) for m in _progress(models, "convergence", progress)]
+    if echo is not None:
+        echo("Routes to the Fisher information at each family's typical θ (float64)\n")
+        echo(format_agreement(agreements))
+        echo("\nConvergence of the quadratic forms (fitted orders; validity radius of ½δᵀIδ at rtol 0.1)\n")
+        echo(format_table(checks))
+    images: list[tuple[str, str, bytes]] = []
+    if plots:
+        images = _figures(models, checks)
+    pngs = []
+    for stem, _, data in images:
+        p = out / f"{stem}.png"
+        atomic_write_bytes(p, data)
+        pngs.append(p)
+    page = _html(agreements, checks, images, time.perf_counter() - start)
+    html_path = out / "index.html"
+    atomic_write_bytes(html_path, page.encode("utf-8"))
+    if echo is not None:
+        echo(f"\nreport written to {html_path} ({len(pngs)} plots)")
+    return Report(out, html_path, pngs, agreements, checks, time.perf_counter() - start)
+
+
+def _figures(models: Sequence[Family], checks: Sequence[CheckRow]) -> list[tuple[str, str, bytes]]:
+    from . import plot
+
+    regular = [m for m in models if m.regular]
+    two = [m for m in regular if m.dim == 2]
+    out = [("convergence", "Relative error of the quadratic forms against |δ|", _png(plot.convergence(checks)))]
+    if two:
+        fig = plot.kl_contour_grid(two, [m.typical() for m in two])
+        out.append(("kl-contours", "KL contours (solid) beside Fisher ellipses ½δᵀIδ = c (dashed)", _png(fig)))
+    if regular:
+        fig = plot.spectrum(regular, [m.typical() for m in regular])
+        out.append(("spectrum", "Fisher eigen-spectra", _png(fig)))
+    return out
+
+
+def _cell(x: float, fmt: str) -> str:
+    return format(x, fmt) if isinstance(x, float) and math.isfinite(x) else "–"
+
+
+def _html(
+    agreements: Sequence[Agreement],
+    checks: Sequence[CheckRow],
+    images: Sequence[tuple[str, str, bytes]],
+    seconds: float,
+) -> str:
+    esc = html.escape
+    rows = []
+    for a in agreements:
+        if not a.routes:
+            rows.append(f"<tr><td>{esc(a.name)}</td><td colspan='5'>{esc(a.note)}</td></tr>")
+            continue
+        for i, r in enumerate(a.routes):
+            name = esc(a.name) if i == 0 else ""
+            rows.append(
+                f"<tr><td>{name}</td><td>{esc(r.route)}</td><td>{esc(r.method)}</td>"
+                f"<td>{_cell(r.rel_diff, '.1e')}</td><td>{_cell(r.error, '.1e')}</td>"
+                f"<td>{r.seconds * 1e3:.1f} ms</td></tr>"
+            )
+    conv = []
+    for c in checks:
+        if not c.sweeps:
+            conv.append(f"<tr><td>{esc(c.name)}</td><td colspan='5'>{esc(c.note)}</td></tr>")
+            continue
+        s = c.sweeps[0]
+        at = s.kl[s.steps.index(1e-2)] if 1e-2 in s.steps else math.nan
+        conv.append(
+            f"<tr><td>{esc(c.name)}</td><td>{_cell(c.kl_order, '.2f')}</td><td>{_cell(c.jeffreys_order, '.2f')}</td>"
+            f"<td>{_cell(c.midpoint_order, '.2f')}</td><td>{_cell(at, '.2e')}</td>"
+            f"<td>{_cell(c.radius, '.3g')} {esc(c.radius_bound if c.radius_bound != 'rtol' else '')}</td></tr>"
+        )
+    figs = "\n".join(
+        f"<figure><img alt='{esc(caption)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>"
+        f"<figcaption>{esc(caption)}</figcaption></figure>"
+        for _, caption, data in images
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>fisherkl report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; font-size: 13px; }}
+td, th {{ border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: right; }}
+td:first-child, th:first-child, td:nth-child(2), td:nth-child(3) {{ text-align: left; }}
+figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }} code {{ background: #f4f4f4; }}
+</style></head><body>
+<h1>fisherkl report</h1>
+<p>fisherkl {esc(__version__)}, torch {esc(torch.__version__)}; {len(agreements)} models; built in {seconds:.1f} s.
+For a model p(x|θ): KL[p<sub>θ</sub> ‖ p<sub>θ+δ</sub>] = ½ δᵀI(θ)δ + O(|δ|³). Below, every route to I(θ) is
+checked against the first (reference) route, and the quadratic forms against the exact divergences.</p>
+<h2>Routes to the Fisher information</h2>
+<table><tr><th>family</th><th>route</th><th>computed as</th><th>max rel diff</th><th>stated error</th><th>time</th></tr>
+{"".join(rows)}</table>
+<h2>Convergence of the quadratic forms</h2>
+<p>Fitted order of the relative error against |δ| (10⁻¹…10⁻⁴, median over 3 random directions):
+one-sided KL vs ½δᵀI(θ)δ, one-sided Jeffreys vs δᵀI(θ)δ, and Jeffreys vs δᵀI(θ+δ/2)δ (midpoint).
+The validity radius is the largest step t (unit direction) with |KL − ½t²uᵀIu| ≤ 0.1·KL.</p>
+<table><tr><th>family</th><th>order KL</th><th>order J</th><th>order J midpoint</th><th>KL error at |δ|=10⁻²</th>
+<th>validity radius</th></tr>
+{"".join(conv)}</table>
+<h2>Pictures</h2>
+{figs or "<p>(plots disabled)</p>"}
+</body></html>
+"""
+
+
+def main_report(out: str, names: Sequence[str] | None, plots: bool) -> Report:
+    """Entry point of the CLI subcommand."""
+    try:
+        return build_report(out, names, plots=plots)
+    except ImportError as exc:
+        raise FisherKLError(
+            f"report plots need matplotlib ({exc}); use --no-plots or pip install 'fisherkl[plot]'"
+        ) from exc

@@ -1,0 +1,117 @@
+"""The validity radius of the quadratic approximation KL ≈ ½δᵀIδ along a direction.
+
+    radius = the largest t such that |KL(θ, θ+s·u) − ½s²uᵀIu| ≤ rtol·KL(θ, θ+s·u) for all s ≤ t
+
+found by bracketing (doubling, then bisection) against the exact KL. Where no exact KL exists
+(Monte Carlo-only models), it is predicted from the cubic Taylor term instead:
+relative error ≈ |c₃|t/c₂ ⇒ t ≈ rtol·c₂/|c₃| (``method="cubic"``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from .divergence import kl
+from .errors import FisherKLError, ParameterError
+from .estimate import Estimate
+from .expectation import exact_scheme
+from .fisher import fisher
+from .model import Model, no_argument_validation
+from .taylor import _delta, kl_taylor_terms
+
+
+@dataclass(frozen=True)
+class ValidityRadius:
+    """How far along ``direction`` the quadratic form predicts KL to ``rtol``.
+
+    ``radius`` is in units of the direction (δ = radius·u); ``norm`` = radius·|u|. ``method`` is
+    'exact KL' or 'cubic term'. ``bound`` says what stopped the search: 'rtol' (the error reached
+    rtol), 'boundary' (θ + t·u left the parameter space first) or 'none' (the quadratic form
+    stayed within rtol up to t = ``t_max``, e.g. a normal's location, where it is exact).
+    """
+
+    radius: float
+    norm: float
+    rtol: float
+    method: str
+    bound: str
+    kl_at_radius: float
+
+
+def _relative_error(model: Model, theta: Tensor, u: Tensor, t: float, quad: float) -> float | None:
+    """|KL − ½t²q|/KL at θ + t·u, or None if θ + t·u is not a valid parameter."""
+    step = t * u
+    try:
+        model.validate(theta + step, "theta + t*direction")
+    except ParameterError:
+        return None
+    exact = float(kl(model, theta, theta + step))  # type: ignore[arg-type]
+    if exact <= 0 or not math.isfinite(exact):
+        return math.inf
+    return abs(exact - 0.5 * t * t * quad) / exact
+
+
+def validity_radius(
+    model: Model,
+    theta: Any,
+    direction: Any,
+    rtol: float = 0.1,
+    *,
+    t_max: float | None = None,
+    iterations: int = 60,
+) -> ValidityRadius:
+    """The validity radius of ½δᵀIδ at ``theta`` along ``direction`` (see the module docstring)."""
+    if not (0 < rtol < 1):
+        raise ParameterError(f"rtol must be in (0, 1), got {rtol!r}")
+    th = model.validate(theta)
+    if th.ndim != 1:
+        raise ParameterError(f"{model.name}: validity_radius takes one θ of shape [{model.dim}], got {tuple(th.shape)}")
+    u = _delta(model, th, direction)
+    info = fisher(model, th)
+    assert isinstance(info, Tensor)
+    quad = float(u @ info @ u)
+    if quad <= 0:
+        raise FisherKLError(f"{model.name}: uᵀI(θ)u = {quad:g} ≤ 0: the Fisher information is singular along u")
+    unit = 1 / math.sqrt(quad)  # t·unit has ½t²uᵀIu ≈ ½
+    t_max = 1e6 * unit if t_max is None else t_max
+    with no_argument_validation():
+        exact_available = model.has_closed_kl(th) or exact_scheme(model.distribution(th)) is not None
+    if not exact_available:
+        terms = kl_taylor_terms(model, th, u, 3, return_error=True)
+        assert isinstance(terms, Estimate)
+        c2, c3 = float(terms.value[2]), float(terms.value[3])
+        t = math.inf if c3 == 0 else rtol * c2 / abs(c3)
+        t = min(t, t_max)
+        return ValidityRadius(t, t * float(u.norm()), rtol, "cubic term", "rtol", c2 * t * t + c3 * t**3)
+
+    good, bad, bound = 0.0, None, "none"
+    t = 1e-3 * unit
+    while t <= t_max:
+        err = _relative_error(model, th, u, t, quad)
+        if err is None:
+            bad, bound = t, "boundary"
+            break
+        if err > rtol:
+            bad, bound = t, "rtol"
+            break
+        good, t = t, 2 * t
+    if bad is None:
+        radius = good
+    else:
+        lo, hi = good, bad
+        for _ in range(iterations):
+            mid = 0.5 * (lo + hi)
+            err = _relative_error(model, th, u, mid, quad)
+            if err is None or err > rtol:
+                hi = mid
+            else:
+                lo = mid
+            if hi - lo <= 1e-9 * hi:
+                break
+        radius = lo
+    kl_r = float(kl(model, th, th + radius * u)) if radius > 0 else 0.0  # type: ignore[arg-type]
+    return ValidityRadius(radius, radius * float(u.norm()), rtol, "exact KL", bound, kl_r)
