@@ -74,31 +74,16 @@ class NormalFamily(LocationScale):
 
 
 @register
-class LogNormalFamily(LocationScale):
+class LogNormalFamily(NormalFamily):
+    """log X ~ Normal(loc, scale): a bijection of the normal, so Fisher, KL and χ² are the normal's."""
+
     name = "lognormal"
     torch_name = "LogNormal"
     description = "log X ~ Normal(loc, scale)"
-    a, c, e = 1.0, 0.0, 2.0
 
     def make(self, theta: Tensor) -> Distribution:
         loc, scale = split(theta)
         return LogNormal(loc, scale, validate_args=False)
-
-    def natural(self, theta: Tensor) -> Tensor:
-        loc, scale = split(theta)
-        v = scale.square()
-        return torch.stack([loc / v, -0.5 / v], -1)
-
-    def from_natural(self, eta: Tensor) -> Tensor:
-        var = -0.5 / eta[..., 1]
-        return torch.stack([eta[..., 0] * var, var.sqrt()], -1)
-
-    def log_partition(self, eta: Tensor) -> Tensor:
-        e1, e2 = split(eta)
-        return -e1.square() / (4 * e2) - 0.5 * torch.log(-2 * e2)
-
-    def in_natural_domain(self, eta: Tensor) -> Tensor:
-        return eta[..., 1] < 0
 
 
 @register

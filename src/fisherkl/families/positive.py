@@ -112,27 +112,17 @@ class GammaFamily(Family):
 
 
 @register
-class InverseGammaFamily(Family):
-    """1/X ~ Gamma(α, β); the Fisher information and KL equal the Gamma's (a bijection of x)."""
+class InverseGammaFamily(GammaFamily):
+    """1/X ~ Gamma(α, β): a bijection of x, so the Fisher information, KL and χ² are the Gamma's."""
 
     name = "inversegamma"
     torch_name = "InverseGamma"
     description = "InverseGamma(concentration α, rate β): 1/X ~ Gamma(α, β)"
     typical_theta = (3.0, 2.0)
 
-    def param_spec(self) -> list[Param]:
-        return [Param("concentration", positive), Param("rate", positive)]
-
     def make(self, theta: Tensor) -> Distribution:
         a, b = split(theta)
         return AccurateInverseGamma(a, b, validate_args=False)
-
-    def fisher_formula(self, theta: Tensor) -> Tensor:
-        a, b = split(theta)
-        return sym2(trigamma(a), -1 / b, a / b.square())
-
-    def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
-        return gamma_kl(*split(theta_p), *split(theta_q))
 
 
 @register
