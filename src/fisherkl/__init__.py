@@ -5,7 +5,7 @@ For a parametric model p(x|θ), KL[p_θ ‖ p_θ+δ] ≈ ½ δᵀ I(θ) δ, with
 
 from __future__ import annotations
 
-from . import families
+from . import families, geometry
 from .constraints import Constraint
 from .divergence import chi2, jeffreys, jeffreys_quadratic, kl, kl_quadratic
 from .errors import (
@@ -20,6 +20,17 @@ from .estimate import Estimate
 from .expfamily import ExponentialFamily
 from .families import Family, family
 from .fisher import METHODS, available_routes, fisher
+from .geometry import (
+    christoffel,
+    cramer_rao,
+    exp_map,
+    fisher_rao_distance,
+    geodesic,
+    jeffreys_prior,
+    kl_step,
+    log_map,
+    natural_gradient,
+)
 from .model import Model, Param
 from .reparam import Reparametrized, reparametrize
 
@@ -42,12 +53,22 @@ __all__ = [
     "SingularFisherWarning",
     "available_routes",
     "chi2",
+    "christoffel",
+    "cramer_rao",
+    "exp_map",
     "families",
     "family",
     "fisher",
+    "fisher_rao_distance",
+    "geodesic",
+    "geometry",
     "jeffreys",
+    "jeffreys_prior",
     "jeffreys_quadratic",
     "kl",
     "kl_quadratic",
+    "kl_step",
+    "log_map",
+    "natural_gradient",
     "reparametrize",
 ]

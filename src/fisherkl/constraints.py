@@ -24,12 +24,13 @@ class Constraint:
     integer: bool = False
 
     def check(self, x: torch.Tensor) -> torch.Tensor:
-        """Boolean tensor: which entries of ``x`` satisfy it (NaN and ±inf never do)."""
-        ok = torch.isfinite(x)
-        if not math.isinf(self.low):
-            ok = ok & ((x > self.low) if self.low_open else (x >= self.low))
-        if not math.isinf(self.high):
-            ok = ok & ((x < self.high) if self.high_open else (x <= self.high))
+        """Boolean tensor: which entries of ``x`` satisfy it (NaN and ±inf never do).
+
+        Two comparisons suffice: NaN fails every comparison, and ±inf fails the finite-side one
+        (an infinite bound is compared strictly).
+        """
+        ok = (x > self.low) if (self.low_open or math.isinf(self.low)) else (x >= self.low)
+        ok &= (x < self.high) if (self.high_open or math.isinf(self.high)) else (x <= self.high)
         if self.integer:
             ok = ok & (x == torch.round(x))
         return ok

@@ -97,7 +97,9 @@ def _weighted_sum(logw: Tensor, logp: Tensor, f: Tensor | LogScaled) -> tuple[Te
     w_f = torch.exp(logw_f)
     wb = w_f.reshape(w_f.shape + (1,) * (f.ndim - w_f.ndim))
     keep = (wb > 0) & (torch.isfinite(f) | (wb > 1e-100))
-    wf = torch.where(keep, wb * f, torch.zeros_like(f))
+    # zero both factors where dropped (not just the product), so no NaN reaches a gradient
+    zero = torch.zeros_like(f)
+    wf = torch.where(keep, wb, zero) * torch.where(keep, f, zero)
     return wf.sum(0), torch.nan_to_num(w, nan=0.0).sum(0)
 
 
@@ -250,6 +252,18 @@ def _quadrature(
         x, lw = _quadrature_nodes(lo, hi, points, s, 2.0**-level)
         logp, f = integrand(x)
         value, mass = _weighted_sum(lw, logp, f)
+        if value.requires_grad:
+            # nodes whose log-density or integrand came out non-finite would still send 0·NaN
+            # into the gradient: move them to the centre with weight zero and evaluate again
+            dense = f.dense() if isinstance(f, LogScaled) else f
+            bad = ~torch.isfinite(logp.detach())
+            if dense.ndim > logp.ndim:
+                bad |= ~torch.isfinite(dense.detach()).flatten(logp.ndim).all(-1)
+            if bool(bad.any()):
+                x = torch.where(bad, c.expand_as(x), x)
+                lw = torch.where(bad, torch.full_like(lw, -math.inf), lw)
+                logp, f = integrand(x)
+                value, mass = _weighted_sum(lw, logp, f)
         if previous is not None:
             same = value.detach() == previous.detach()  # also +inf at both levels: a divergent value
             diff = torch.where(same, torch.zeros_like(value), (value - previous).detach().abs())

@@ -153,10 +153,11 @@ class Model:
                 f"{self.name}: {what} must have last dimension {self.dim} "
                 f"({', '.join(self.names)}), got shape {tuple(t.shape)}"
             )
-        for i, (pname, cons) in enumerate(zip(self.names, self.constraints)):
-            ok = cons.check(t[..., i])
-            if not bool(ok.all()):
-                self._raise_at(t[..., i], ok, f"parameter '{pname}' must be {cons}", what)
+        if not self._all_coordinates_ok(t):
+            for i, (pname, cons) in enumerate(zip(self.names, self.constraints)):
+                ok = cons.check(t[..., i])
+                if not bool(ok.all()):
+                    self._raise_at(t[..., i], ok, f"parameter '{pname}' must be {cons}", what)
         self._check_joint(t, what)
         self._check_by_torch(t, what)
         return t
@@ -172,6 +173,20 @@ class Model:
             raise ParameterError(f"{exc}{shown}") from exc.__cause__
         finally:
             Distribution.set_default_validate_args(old)
+
+    def _all_coordinates_ok(self, t: Tensor) -> bool:
+        """All coordinate constraints at once (one pass per side); the loop above names the culprit."""
+        key = (t.dtype, t.device)
+        bounds = self._bounds_cache.get(key) if hasattr(self, "_bounds_cache") else None
+        if bounds is None:
+            if any(c.integer or not c.low_open or not c.high_open for c in self.constraints):
+                return False  # rare kinds: checked coordinate by coordinate
+            low = torch.tensor([c.low for c in self.constraints], dtype=t.dtype, device=t.device)
+            high = torch.tensor([c.high for c in self.constraints], dtype=t.dtype, device=t.device)
+            self._bounds_cache = getattr(self, "_bounds_cache", {})
+            bounds = self._bounds_cache[key] = (low, high)
+        low, high = bounds
+        return bool(((t > low) & (t < high)).all())
 
     def _check_joint(self, theta: Tensor, what: str) -> None:
         """Constraints that couple coordinates (e.g. probabilities summing to < 1)."""

@@ -186,6 +186,11 @@ def diag_matrix(*entries: Tensor) -> Tensor:
 
 
 def sym2(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
-    """``[[a, b], [b, c]]`` stacked to ``[..., 2, 2]``."""
+    """``[[a, b], [b, c]]`` as ``[..., 2, 2]``."""
     a, b, c = torch.broadcast_tensors(a, b, c)
-    return torch.stack([torch.stack([a, b], -1), torch.stack([b, c], -1)], -2)
+    out = a.new_empty((*a.shape, 2, 2))
+    out[..., 0, 0] = a
+    out[..., 0, 1] = b
+    out[..., 1, 0] = b
+    out[..., 1, 1] = c
+    return out

@@ -1,0 +1,205 @@
+"""Closed-form Fisher–Rao distances, keyed by family name.
+
+Each entry maps ``(family, θ₁, θ₂)`` (validated, broadcast ``[..., d]``) to d ``[...]``, or to None
+when the closed form does not cover these points (MVN with different means). Entries for families
+not in the catalogue are simply never used. Formulas (DESIGN.md; Atkinson & Mitchell 1981,
+Calvo & Oller 1991, Costa, Santos & Strapasson 2015):
+
+* location–scale, I = σ⁻²[[a, c], [c, e]]: u = μ + (c/a)σ, B = e − c²/a,
+  d = √B·arccosh(1 + [(a/B)(u₁−u₂)² + (σ₁−σ₂)²]/(2σ₁σ₂))  (a hyperbolic half-plane of curvature −1/B);
+  the coefficients a, c, e are read from the family object (normal, lognormal, laplace, cauchy,
+  logistic, gumbel, studentt).
+* weibull(scale λ, concentration k): log X is a (minimum-)Gumbel with location log λ and scale 1/k,
+  and the Fisher–Rao distance is invariant under the bijection x ↦ log x of the sample space, so
+  it is the location–scale formula with a = 1, c = 1 − γ, e = (1 − γ)² + π²/6 at (log λ, 1/k).
+* categorical: 2·arccos Σᵢ√(pᵢqᵢ); multinomial(n): √n times that; binomial(n): 2√n|arcsin√p₁ − arcsin√p₂|
+  (bernoulli: n = 1).
+* poisson: 2|√λ₁ − √λ₂|; exponential (rate): |log(λ₁/λ₂)|; halfnormal: √2|log(σ₁/σ₂)|;
+  rayleigh: 2|log(σ₁/σ₂)|; pareto (α, fixed scale; I = 1/α²): |log(α₁/α₂)|.
+* geometric (failures before the first success, I = 1/(p²(1−p))): 2|artanh√(1−p₁) − artanh√(1−p₂)|.
+* negativebinomial(r, torch's probs p; pmf ∝ pᵏ(1−p)ʳ, I = r/(p(1−p)²)):
+  d = √r ∫ dp/(√p(1−p)) = 2√r·|artanh√p₁ − artanh√p₂|.
+* mvn (θ = loc, then the Cholesky factor row-major) with equal means: √(½ Σᵢ log² λᵢ), λᵢ the
+  eigenvalues of Σ₁⁻¹Σ₂ (the fixed-mean submanifold is totally geodesic).
+* mvn_diag (θ = loc[k], scale[k]): a product of k normal half-planes: √(Σᵢ dᵢ²).
+* gamma with fixed shape α (a user model in the rate β alone): √α·|log(β₁/β₂)| — see
+  :func:`gamma_fixed_shape`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ..model import Model
+
+EULER_GAMMA = 0.5772156649015329
+
+ClosedDistance = Callable[[Model, Tensor, Tensor], "Tensor | None"]
+_CLOSED: dict[str, ClosedDistance] = {}
+
+
+def register_distance(*names: str) -> Callable[[ClosedDistance], ClosedDistance]:
+    """Decorator: register a closed-form distance for the families called ``names``."""
+
+    def deco(fn: ClosedDistance) -> ClosedDistance:
+        for name in names:
+            _CLOSED[name] = fn
+        return fn
+
+    return deco
+
+
+def closed_distance_names() -> list[str]:
+    """Family names that have a registered closed-form Fisher–Rao distance."""
+    return list(_CLOSED)
+
+
+def closed_distance(model: Model, theta1: Tensor, theta2: Tensor) -> Tensor | None:
+    """The closed-form distance for ``model`` (a catalogue family), or None if there is none."""
+    from ..families import Family
+
+    if not isinstance(model, Family):
+        return None
+    fn = _CLOSED.get(model.name)
+    return None if fn is None else fn(model, theta1, theta2)
+
+
+def _fixed(model: Model, key: str) -> float:
+    return float(model.fixed_values[key])  # type: ignore[attr-defined]
+
+
+def location_scale_distance(mu1: Tensor, s1: Tensor, mu2: Tensor, s2: Tensor, a: float, c: float, e: float) -> Tensor:
+    """d for I = σ⁻²[[a, c], [c, e]]: √B·arccosh(1 + [(a/B)(u₁−u₂)² + (σ₁−σ₂)²]/(2σ₁σ₂))."""
+    big_b = e - c * c / a
+    du = (mu1 - mu2) + (c / a) * (s1 - s2)
+    z = ((a / big_b) * du.square() + (s1 - s2).square()) / (2 * s1 * s2)
+    # arccosh(1 + z) = log1p(z + √(z(z + 2))): accurate for small z
+    return math.sqrt(big_b) * torch.log1p(z + torch.sqrt(z * (z + 2)))
+
+
+@register_distance("normal", "lognormal", "laplace", "cauchy", "logistic", "gumbel", "studentt")
+def _location_scale(model: Model, t1: Tensor, t2: Tensor) -> Tensor:
+    a, c, e = (float(getattr(model, key)) for key in ("a", "c", "e"))
+    return location_scale_distance(t1[..., 0], t1[..., 1], t2[..., 0], t2[..., 1], a, c, e)
+
+
+@register_distance("weibull")
+def _weibull(model: Model, t1: Tensor, t2: Tensor) -> Tensor:
+    c = 1 - EULER_GAMMA
+    e = c * c + math.pi**2 / 6
+    return location_scale_distance(t1[..., 0].log(), 1 / t1[..., 1], t2[..., 0].log(), 1 / t2[..., 1], 1.0, c, e)
+
+
+def _arcsin_sqrt(p: Tensor) -> Tensor:
+    return torch.asin(torch.sqrt(p))
+
+
+@register_distance("bernoulli")
+def _bernoulli(model: Model, t1: Tensor, t2: Tensor) -> Tensor:
+    return 2 * (_arcsin_sqrt(t1[..., 0]) - _arcsin_sqrt(t2[..., 0])).abs()
+
+
+@register_distance("binomial")
+def _binomial(model: Model, t1: Tensor, t2: Tensor) -> Tensor:
+    return math.sqrt(_fixed(model, "total_count")) * _bernoulli(model, t1, t2)
+
+
+def _bhattacharyya_angle(t1: Tensor, t2: Tensor) -> Tensor:
+    """2·arccos Σ√(pᵢqᵢ) over the full probability vectors (p_k = 1 − Σθ)."""
+    last1 = 1 - t1.sum(-1, keepdim=True)
+    last2 = 1 - t2.sum(-1, keepdim=True)
+    p, q = torch.cat([t1, last1], -1), torch.cat([t2, last2], -1)
+    # 2·arccos(bc) = 4·arcsin(‖√p − √q‖/2): accurate near p = q, where arccos loses half the digits
+    half_chord = torch.linalg.vector_norm(p.sqrt() - q.sqrt(), dim=-1) / 2
+    return 4 * torch.asin(half_chord.clamp(max=1.0))
+
+
+@register_distance("categorical")
+def _categorical(model: Model, t1: Tensor, t2: Tensor) -> Tensor:
+    return _bhattacharyya_angle(t1, t2)
+
+
+@register_distance("multinomial")
+def _multinomial(model: Model, t1: Tensor, t2: Tensor) -> Tensor:
+    return math.sqrt(_fixed(model, "total_count")) * _bhattacharyya_angle(t1, t2)
+
+
+@register_distance("poisson")
+def _poisson(model: Model, t1: Tensor, t2: Tensor) -> Tensor:
+    return 2 * (t1[..., 0].sqrt() - t2[..., 0].sqrt()).abs()
+
+
+def _log_ratio(t1: Tensor, t2: Tensor) -> Tensor:
+    return (t1[..., 0].log() - t2[..., 0].log()).abs()
+
+
+@register_distance("exponential", "pareto")
+def _exponential(model: Model, t1: Tensor, t2: Tensor) -> Tensor:
+    return _log_ratio(t1, t2)
+
+
+@register_distance("halfnormal")
+def _halfnormal(model: Model, t1: Tensor, t2: Tensor) -> Tensor:
+    return math.sqrt(2) * _log_ratio(t1, t2)
+
+
+@register_distance("rayleigh")
+def _rayleigh(model: Model, t1: Tensor, t2: Tensor) -> Tensor:
+    return 2 * _log_ratio(t1, t2)
+
+
+@register_distance("geometric")
+def _geometric(model: Model, t1: Tensor, t2: Tensor) -> Tensor:
+    return 2 * (torch.atanh(torch.sqrt(1 - t1[..., 0])) - torch.atanh(torch.sqrt(1 - t2[..., 0]))).abs()
+
+
+def negative_binomial_distance(r: float, p1: Tensor, p2: Tensor) -> Tensor:
+    """NegativeBinomial(total_count r, torch's probs p): 2√r·|artanh√p₁ − artanh√p₂|."""
+    return 2 * math.sqrt(r) * (torch.atanh(p1.sqrt()) - torch.atanh(p2.sqrt())).abs()
+
+
+@register_distance("negativebinomial")
+def _negative_binomial(model: Model, t1: Tensor, t2: Tensor) -> Tensor:
+    return negative_binomial_distance(_fixed(model, "total_count"), t1[..., 0], t2[..., 0])
+
+
+def gamma_fixed_shape(alpha: float, beta1: Tensor, beta2: Tensor) -> Tensor:
+    """Gamma(α fixed, rate β) (I = α/β²): √α·|log(β₁/β₂)|."""
+    return math.sqrt(alpha) * (beta1.log() - beta2.log()).abs()
+
+
+def _tril(entries: Tensor, k: int) -> Tensor:
+    rows, cols = torch.tril_indices(k, k, device=entries.device)
+    out = entries.new_zeros((*entries.shape[:-1], k, k))
+    out[..., rows, cols] = entries
+    return out
+
+
+def mvn_equal_means(scale_tril1: Tensor, scale_tril2: Tensor) -> Tensor:
+    """√(½ Σ log² λᵢ), λᵢ the eigenvalues of Σ₁⁻¹Σ₂ for Σ = L Lᵀ (L ``[..., k, k]`` lower-triangular)."""
+    # Σ₁⁻¹Σ₂ is similar to C Cᵀ with C = L₁⁻¹ L₂
+    c = torch.linalg.solve_triangular(scale_tril1, scale_tril2, upper=False)
+    lam = torch.linalg.eigvalsh(c @ c.transpose(-1, -2))
+    return torch.sqrt(0.5 * lam.log().square().sum(-1))
+
+
+@register_distance("mvn")
+def _mvn(model: Model, t1: Tensor, t2: Tensor) -> Tensor | None:
+    k = int(_fixed(model, "k"))
+    if t1.shape[-1] != k + k * (k + 1) // 2 or not bool((t1[..., :k] == t2[..., :k]).all()):
+        return None
+    return mvn_equal_means(_tril(t1[..., k:], k), _tril(t2[..., k:], k))
+
+
+@register_distance("mvn_diag")
+def _mvn_diag(model: Model, t1: Tensor, t2: Tensor) -> Tensor | None:
+    k = int(_fixed(model, "k"))
+    blocks = [p.name for p in getattr(model, "params", ())]
+    if blocks != ["loc", "scale"] or t1.shape[-1] != 2 * k:
+        return None
+    each = location_scale_distance(t1[..., :k], t1[..., k:], t2[..., :k], t2[..., k:], 1.0, 0.0, 2.0)
+    return torch.linalg.vector_norm(each, dim=-1)
