@@ -5,7 +5,7 @@ For a parametric model p(x|θ), KL[p_θ ‖ p_θ+δ] ≈ ½ δᵀ I(θ) δ, with
 
 from __future__ import annotations
 
-from . import families, geometry
+from . import families, geometry, matrix, nn
 from .constraints import Constraint
 from .divergence import chi2, jeffreys, jeffreys_quadratic, kl, kl_quadratic
 from .errors import (
@@ -69,6 +69,8 @@ __all__ = [
     "kl_quadratic",
     "kl_step",
     "log_map",
+    "matrix",
     "natural_gradient",
+    "nn",
     "reparametrize",
 ]

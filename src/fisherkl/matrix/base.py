@@ -1,0 +1,365 @@
+"""The protocol every Fisher matrix representation follows, and the generic sum / scaled forms.
+
+A :class:`FisherMatrix` F (size p × p, p = number of parameters) offers
+
+* ``mv(v)`` = F v and ``quad(v)`` = vᵀ F v  (½·quad(δ) is the predicted KL for a step δ);
+* ``diag()`` ``[p]`` and ``trace()``;
+* ``solve(b, damping)`` = (F + damping·I)⁻¹ b;
+* ``to_dense()`` ``[p, p]`` (refused with :class:`DenseTooLargeError` beyond a memory limit);
+* ``eig()`` (all eigenpairs, ascending) and ``topk(k)`` (largest k, descending);
+* ``F + G``, ``c * F``, ``F * c``, ``F / c``;
+* ``state_dict()`` / ``load_state_dict()`` and :func:`fisherkl.matrix.from_state_dict`;
+* ``as_linear_operator()``: a ``scipy.sparse.linalg.LinearOperator`` view.
+
+Vectors are flat tensors ``[p]`` (or columns ``[p, k]``), lists of parameter-shaped tensors, or
+dicts ``name -> tensor`` (see :class:`~fisherkl.matrix.layout.ParamLayout`); results come back in
+the form given.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..errors import ConvergenceError, FisherKLError, ParameterError
+from .layout import ParamLayout, Vector
+
+_MAX_DENSE_BYTES = [2 * 1024**3]
+_REGISTRY: dict[str, type[FisherMatrix]] = {}
+
+
+class DenseTooLargeError(FisherKLError, MemoryError):
+    """A p × p matrix would not fit in the allowed memory."""
+
+
+def set_max_dense_bytes(n: int) -> int:
+    """Set the memory limit for p × p matrices (default 2 GiB); returns the previous limit."""
+    old = _MAX_DENSE_BYTES[0]
+    _MAX_DENSE_BYTES[0] = int(n)
+    return old
+
+
+def max_dense_bytes() -> int:
+    return _MAX_DENSE_BYTES[0]
+
+
+def check_dense_fits(p: int, dtype: torch.dtype, what: str, max_bytes: int | None = None, factor: int = 1) -> None:
+    """Raise :class:`DenseTooLargeError` if ``factor`` p × p matrices of ``dtype`` exceed the limit."""
+    limit = max_dense_bytes() if max_bytes is None else max_bytes
+    need = factor * p * p * torch.empty((), dtype=dtype).element_size()
+    if need > limit:
+        raise DenseTooLargeError(
+            f"{what}: a {p} × {p} matrix needs {need / 1024**2:.1f} MiB, over the limit of "
+            f"{limit / 1024**2:.1f} MiB (fisherkl.matrix.set_max_dense_bytes to change it); use a structured "
+            "representation ('diag', 'block', 'kfac', 'ekfac', 'lowrank', 'implicit') instead"
+        )
+
+
+def register(cls: type[FisherMatrix]) -> type[FisherMatrix]:
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def from_state_dict(state: Mapping[str, Any]) -> FisherMatrix:
+    """Rebuild a Fisher matrix from :meth:`FisherMatrix.state_dict`."""
+    kind = state.get("type")
+    if kind not in _REGISTRY:
+        raise ParameterError(f"state_dict: unknown representation type {kind!r}; known: {', '.join(_REGISTRY)}")
+    return _REGISTRY[kind]._from_state(state)
+
+
+class FisherMatrix(ABC):
+    """A p × p symmetric positive semi-definite matrix over a network's parameters (see module doc)."""
+
+    structured_solve: ClassVar[bool] = False
+
+    def __init__(self, layout: ParamLayout, dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
+        self.layout = layout
+        self.dtype = dtype
+        self.device = torch.device(device)
+
+    # --- to implement -------------------------------------------------------------------------
+    @abstractmethod
+    def _mm(self, v: Tensor) -> Tensor:
+        """F @ V for flat columns V ``[p, k]``."""
+
+    @abstractmethod
+    def _diag(self) -> Tensor:
+        """The diagonal, flat ``[p]``."""
+
+    def _state(self) -> dict[str, Any]:
+        raise FisherKLError(f"{type(self).__name__} cannot be saved as a state_dict")
+
+    @classmethod
+    def _from_state(cls, state: Mapping[str, Any]) -> FisherMatrix:
+        raise FisherKLError(f"{cls.__name__} cannot be loaded from a state_dict")
+
+    def _scaled(self, c: float) -> FisherMatrix:
+        return ScaledMatrix(self, c)
+
+    # --- the protocol ---------------------------------------------------------------------------
+    @property
+    def p(self) -> int:
+        """The number of parameters."""
+        return self.layout.numel
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.p, self.p)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(p={self.p}, dtype={self.dtype})"
+
+    def _flat(self, v: Vector, what: str = "v") -> tuple[Tensor, str]:
+        flat, form = self.layout.flatten(v, what)
+        return flat.to(dtype=self.dtype, device=self.device), form
+
+    def mv(self, v: Vector) -> Vector:
+        """F v, in the form v was given (flat ``[p]``, columns ``[p, k]``, list or dict)."""
+        flat, form = self._flat(v)
+        out = self._mm(flat.unsqueeze(-1) if flat.ndim == 1 else flat)
+        return self.layout.unflatten(out.squeeze(-1) if flat.ndim == 1 else out, form)
+
+    def __matmul__(self, v: Vector) -> Vector:
+        return self.mv(v)
+
+    def quad(self, v: Vector) -> Tensor:
+        """vᵀ F v (a scalar; ``[k]`` for columns ``[p, k]``). ½·quad(δ) ≈ mean KL for a step δ."""
+        flat, _ = self._flat(v)
+        cols = flat.unsqueeze(-1) if flat.ndim == 1 else flat
+        out = (cols * self._mm(cols)).sum(0)
+        return out[0] if flat.ndim == 1 else out
+
+    def diag(self, form: str = "flat") -> Vector:
+        """The diagonal: flat ``[p]`` (``form="flat"``), or ``"list"`` / ``"dict"`` parameter-shaped."""
+        return self.layout.unflatten(self._diag(), form)
+
+    def trace(self) -> Tensor:
+        """tr F."""
+        return self._diag().sum()
+
+    def to_dense(self, max_bytes: int | None = None) -> Tensor:
+        """F as a ``[p, p]`` tensor; raises :class:`DenseTooLargeError` beyond the memory limit."""
+        check_dense_fits(self.p, self.dtype, f"{type(self).__name__}.to_dense", max_bytes)
+        eye = torch.eye(self.p, dtype=self.dtype, device=self.device)
+        out = self._mm(eye)
+        return 0.5 * (out + out.T)
+
+    def solve(
+        self, b: Vector, damping: float = 0.0, *, rtol: float | None = None, max_iter: int | None = None
+    ) -> Vector:
+        """(F + damping·I)⁻¹ b, in b's form.
+
+        Structured representations solve exactly; others use a dense Cholesky when p × p fits in
+        memory, else conjugate gradients to relative residual ``rtol`` (default 1e-10 in float64, 1e-5
+        in float32).
+        """
+        if damping < 0 or not math.isfinite(damping):
+            raise ParameterError(f"solve: damping must be finite and >= 0, got {damping}")
+        flat, form = self._flat(b, "b")
+        cols = flat.unsqueeze(-1) if flat.ndim == 1 else flat
+        out = self._solve(cols, float(damping), rtol, max_iter)
+        return self.layout.unflatten(out.squeeze(-1) if flat.ndim == 1 else out, form)
+
+    def _solve(self, b: Tensor, damping: float, rtol: float | None, max_iter: int | None) -> Tensor:
+        try:
+            check_dense_fits(self.p, self.dtype, "solve", factor=2)
+        except DenseTooLargeError:
+            return conjugate_gradient(self._mm, b, damping, rtol, max_iter)
+        return dense_solve(self.to_dense(), b, damping)
+
+    def eig(self) -> tuple[Tensor, Tensor]:
+        """All eigenvalues (ascending) ``[p]`` and eigenvectors as columns ``[p, p]``."""
+        check_dense_fits(self.p, self.dtype, f"{type(self).__name__}.eig", factor=2)
+        return torch.linalg.eigh(self.to_dense())
+
+    def topk(self, k: int) -> tuple[Tensor, Tensor]:
+        """The k largest eigenvalues (descending) ``[k]`` and eigenvectors ``[p, k]``."""
+        if not 1 <= k <= self.p:
+            raise ParameterError(f"topk: k must be in 1..{self.p}, got {k}")
+        try:
+            vals, vecs = self.eig()
+        except DenseTooLargeError:
+            return lanczos_topk(self, k)
+        return vals.flip(0)[:k], vecs.flip(1)[:, :k]
+
+    # --- algebra ------------------------------------------------------------------------------
+    def __add__(self, other: Any) -> FisherMatrix:
+        if isinstance(other, (int, float)) and other == 0:
+            return self
+        if not isinstance(other, FisherMatrix):
+            return NotImplemented
+        if other.layout != self.layout:
+            raise ParameterError("cannot add Fisher matrices over different parameter layouts")
+        combined = self._add_same(other) if type(other) is type(self) else None
+        return combined if combined is not None else SumMatrix([self, other])
+
+    def __radd__(self, other: Any) -> FisherMatrix:
+        return self.__add__(other)
+
+    def _add_same(self, other: FisherMatrix) -> FisherMatrix | None:
+        return None
+
+    def __mul__(self, c: Any) -> FisherMatrix:
+        if isinstance(c, Tensor) and c.numel() == 1:
+            c = float(c)
+        if not isinstance(c, (int, float)):
+            return NotImplemented
+        if c < 0:
+            raise ParameterError(f"a Fisher matrix times a negative number ({c}) is not positive semi-definite")
+        return self._scaled(float(c))
+
+    def __rmul__(self, c: Any) -> FisherMatrix:
+        return self.__mul__(c)
+
+    def __truediv__(self, c: Any) -> FisherMatrix:
+        return self.__mul__(1.0 / float(c))
+
+    # --- persistence ----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and metadata to rebuild this matrix (``torch.save``-able)."""
+        return {"type": type(self).__name__, "layout": self.layout.state(), **self._state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace this matrix's contents by those saved in ``state`` (same type and layout)."""
+        if state.get("type") != type(self).__name__:
+            raise ParameterError(f"load_state_dict: state is a {state.get('type')!r}, not a {type(self).__name__!r}")
+        new = type(self)._from_state(state)
+        if new.layout != self.layout:
+            raise ParameterError("load_state_dict: the state's parameter layout differs from this matrix's")
+        self.__dict__.update(new.__dict__)
+
+    # --- scipy ------------------------------------------------------------------------------------
+    def as_linear_operator(self) -> Any:
+        """A ``scipy.sparse.linalg.LinearOperator`` of shape (p, p) acting on numpy vectors."""
+        from scipy.sparse.linalg import LinearOperator
+
+        dtype = np.float64 if self.dtype == torch.float64 else np.float32
+
+        def matmat(x: np.ndarray) -> np.ndarray:
+            t = torch.as_tensor(np.asarray(x).reshape(self.p, -1), dtype=self.dtype, device=self.device)
+            return self._mm(t).cpu().numpy()
+
+        def matvec(x: np.ndarray) -> np.ndarray:
+            return matmat(x).reshape(-1)
+
+        return LinearOperator(self.shape, matvec=matvec, rmatvec=matvec, matmat=matmat, rmatmat=matmat, dtype=dtype)
+
+
+def dense_solve(m: Tensor, b: Tensor, damping: float) -> Tensor:
+    """(M + damping·I)⁻¹ b by Cholesky, with a clear error when the matrix is singular."""
+    a = m + damping * torch.eye(m.shape[0], dtype=m.dtype, device=m.device)
+    chol, info = torch.linalg.cholesky_ex(a)
+    if int(info) != 0:
+        raise FisherKLError(
+            f"solve: F + {damping:g}·I is singular or not positive definite (a network's Fisher usually is "
+            "singular); pass damping > 0"
+        )
+    return torch.cholesky_solve(b, chol)
+
+
+def conjugate_gradient(
+    mm: Any, b: Tensor, damping: float, rtol: float | None = None, max_iter: int | None = None
+) -> Tensor:
+    """Solve (F + damping·I) X = B column by column (batched) by conjugate gradients."""
+    rtol = (1e-10 if b.dtype == torch.float64 else 1e-5) if rtol is None else rtol
+    max_iter = 10 * b.shape[0] if max_iter is None else max_iter
+
+    def op(v: Tensor) -> Tensor:
+        return mm(v) + damping * v
+
+    x = torch.zeros_like(b)
+    r = b.clone()
+    d = r.clone()
+    rs = (r * r).sum(0)
+    target = (rtol * b.norm(dim=0)) ** 2
+    for _ in range(max_iter):
+        if bool((rs <= target).all()):
+            return x
+        q = op(d)
+        alpha = rs / (d * q).sum(0).clamp_min(torch.finfo(b.dtype).tiny)
+        x = x + alpha * d
+        r = r - alpha * q
+        rs_new = (r * r).sum(0)
+        d = r + (rs_new / rs.clamp_min(torch.finfo(b.dtype).tiny)) * d
+        rs = rs_new
+    if bool((rs <= target).all()):
+        return x
+    raise ConvergenceError(
+        f"solve: conjugate gradients did not reach relative residual {rtol:g} in {max_iter} iterations "
+        f"(reached {float(rs.max().sqrt() / b.norm(dim=0).max()):.2e}); increase damping"
+    )
+
+
+def lanczos_topk(f: FisherMatrix, k: int) -> tuple[Tensor, Tensor]:
+    """Top-k eigenpairs by ARPACK's Lanczos (scipy ``eigsh``) on the matrix-free operator."""
+    from scipy.sparse.linalg import eigsh
+
+    op = f.as_linear_operator()
+    ncv = min(f.p, max(2 * k + 1, 20))
+    vals, vecs = eigsh(op, k=k, which="LA", ncv=ncv)
+    order = np.argsort(vals)[::-1]
+    vals = torch.as_tensor(vals[order].copy(), dtype=f.dtype, device=f.device)
+    vecs = torch.as_tensor(vecs[:, order].copy(), dtype=f.dtype, device=f.device)
+    return vals, vecs
+
+
+class SumMatrix(FisherMatrix):
+    """F₁ + F₂ + …, kept as a sum (structured terms stay structured)."""
+
+    def __init__(self, terms: list[FisherMatrix]) -> None:
+        flat: list[FisherMatrix] = []
+        for t in terms:
+            flat.extend(t.terms if isinstance(t, SumMatrix) else [t])
+        super().__init__(flat[0].layout, flat[0].dtype, flat[0].device)
+        self.terms = flat
+
+    def _mm(self, v: Tensor) -> Tensor:
+        return sum((t._mm(v) for t in self.terms[1:]), self.terms[0]._mm(v))
+
+    def _diag(self) -> Tensor:
+        return sum((t._diag() for t in self.terms[1:]), self.terms[0]._diag())
+
+    def _scaled(self, c: float) -> FisherMatrix:
+        return SumMatrix([t * c for t in self.terms])
+
+    def _state(self) -> dict[str, Any]:
+        return {"terms": [t.state_dict() for t in self.terms]}
+
+    @classmethod
+    def _from_state(cls, state: Mapping[str, Any]) -> FisherMatrix:
+        return cls([from_state_dict(s) for s in state["terms"]])
+
+
+class ScaledMatrix(FisherMatrix):
+    """c · F for a representation without its own scaling."""
+
+    def __init__(self, base: FisherMatrix, c: float) -> None:
+        super().__init__(base.layout, base.dtype, base.device)
+        self.base, self.c = base, float(c)
+
+    def _mm(self, v: Tensor) -> Tensor:
+        return self.c * self.base._mm(v)
+
+    def _diag(self) -> Tensor:
+        return self.c * self.base._diag()
+
+    def _scaled(self, c: float) -> FisherMatrix:
+        return ScaledMatrix(self.base, self.c * c)
+
+    def _state(self) -> dict[str, Any]:
+        return {"c": self.c, "base": self.base.state_dict()}
+
+    @classmethod
+    def _from_state(cls, state: Mapping[str, Any]) -> FisherMatrix:
+        return cls(from_state_dict(state["base"]), state["c"])
+
+
+register(SumMatrix)
+register(ScaledMatrix)

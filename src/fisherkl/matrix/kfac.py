@@ -1,0 +1,226 @@
+"""Kronecker-factored Fisher matrices: KFAC and EKFAC.
+
+For a layer with weight W ``[d_out, d_in]`` (a Conv2d weight ``[d_out, c, kh, kw]`` is read as
+``[d_out, c·kh·kw]``) and optional bias b ``[d_out]``, write Ŵ = [W | b] ``[d_out, d_in(+1)]``. Its
+per-example gradient is Σₜ gₜ âₜᵀ (âₜ = [aₜ; 1] the layer input, gₜ the gradient of the layer
+output, t over positions sharing the weight), and the Fisher block in the row-major order of Ŵ is
+approximated by
+
+    F_Ŵ ≈ G ⊗ A,   i.e.   F_Ŵ · vec(V) = vec(G V A)   for V ``[d_out, d_in(+1)]``,
+
+with A ``[d_in(+1), d_in(+1)]`` and G ``[d_out, d_out]`` (mean over examples; see
+:func:`fisherkl.nn.fisher` for the expand/reduce conventions). EKFAC keeps the eigenbases
+Q_G, Q_A of G and A but replaces the eigenvalues λ_G ⊗ λ_A by refitted scales S ``[d_out, d_in(+1)]``
+(the mean squared per-example gradient in that basis; George et al. 2018):
+F_Ŵ · vec(V) = vec(Q_G (S ⊙ Q_Gᵀ V Q_A) Q_Aᵀ).
+
+Parameters outside any Kronecker block (no KFAC rule: norms, embeddings, …) keep their exact
+diagonal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import FisherKLError, ParameterError
+from .base import FisherMatrix, register
+from .layout import ParamLayout
+
+
+@dataclass
+class KronBlock:
+    """Where a Kronecker block sits: the weight's name and shape, and the bias's name (or None)."""
+
+    weight: str
+    bias: str | None
+    d_out: int
+    d_in: int
+    tensors: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def width(self) -> int:
+        """d_in + 1 with a bias, else d_in: the size of A."""
+        return self.d_in + (self.bias is not None)
+
+    def gather(self, v: Tensor, layout: ParamLayout) -> Tensor:
+        """Columns v ``[p, k]`` → Ŵ-shaped ``[k, d_out, width]``."""
+        k = v.shape[1]
+        w = v[layout.slice(self.weight)].T.reshape(k, self.d_out, self.d_in)
+        if self.bias is None:
+            return w
+        return torch.cat([w, v[layout.slice(self.bias)].T.unsqueeze(-1)], -1)
+
+    def scatter(self, out: Tensor, m: Tensor, layout: ParamLayout) -> None:
+        """Write Ŵ-shaped ``[k, d_out, width]`` into columns ``out [p, k]``."""
+        k = m.shape[0]
+        out[layout.slice(self.weight)] = m[..., : self.d_in].reshape(k, -1).T
+        if self.bias is not None:
+            out[layout.slice(self.bias)] = m[..., self.d_in].T
+
+    def state(self) -> dict[str, Any]:
+        return {"weight": self.weight, "bias": self.bias, "d_out": self.d_out, "d_in": self.d_in, **self.tensors}
+
+    @classmethod
+    def from_state(cls, s: Mapping[str, Any], keys: Sequence[str]) -> KronBlock:
+        return cls(s["weight"], s["bias"], int(s["d_out"]), int(s["d_in"]), {k: s[k] for k in keys})
+
+
+class _Kronecker(FisherMatrix):
+    """Shared machinery: Kronecker blocks in an eigenbasis, plus an exact diagonal for the rest."""
+
+    structured_solve = True
+    keys: tuple[str, ...] = ()
+
+    def __init__(
+        self, blocks: Sequence[KronBlock], rest: Sequence[str], rest_diag: Tensor, layout: ParamLayout
+    ) -> None:
+        names = [n for b in blocks for n in (b.weight, b.bias) if n is not None] + list(rest)
+        if sorted(names) != sorted(layout.names):
+            raise ParameterError(f"{type(self).__name__}: blocks and rest must cover every parameter exactly once")
+        super().__init__(layout, rest_diag.dtype, rest_diag.device)
+        self.blocks = list(blocks)
+        self.rest = list(rest)
+        self.rest_diag = rest_diag
+        self._rest_index = layout.indices(self.rest, self.device)
+        if rest_diag.shape != self._rest_index.shape:
+            raise ParameterError(f"{type(self).__name__}: rest_diag must be [{len(self._rest_index)}]")
+
+    # per block: eigenbases and eigenvalue grid
+    def _basis(self, b: KronBlock) -> tuple[Tensor, Tensor, Tensor]:
+        """(Q_G, Q_A, S) with F_block = (Q_G ⊗ Q_A) diag(vec S) (Q_G ⊗ Q_A)ᵀ."""
+        raise NotImplementedError
+
+    def _apply(self, v: Tensor, fn: Any) -> Tensor:
+        out = torch.empty_like(v)
+        for b in self.blocks:
+            qg, qa, s = self._basis(b)
+            m = b.gather(v, self.layout)
+            b.scatter(out, qg @ (fn(s) * (qg.T @ m @ qa)) @ qa.T, self.layout)
+        out[self._rest_index] = fn(self.rest_diag).unsqueeze(-1) * v[self._rest_index]
+        return out
+
+    def _mm(self, v: Tensor) -> Tensor:
+        return self._apply(v, lambda s: s)
+
+    def _solve(self, b: Tensor, damping: float, rtol: float | None, max_iter: int | None) -> Tensor:
+        mins = [float(self._basis(k)[2].min()) for k in self.blocks]
+        if self.rest:
+            mins.append(float(self.rest_diag.min()))
+        if min(mins) + damping <= 0:
+            raise FisherKLError(f"solve: {type(self).__name__} is singular; pass damping > 0")
+        return self._apply(b, lambda s: 1.0 / (s + damping))
+
+    def _diag(self) -> Tensor:
+        out = torch.empty(self.p, 1, dtype=self.dtype, device=self.device)
+        for b in self.blocks:
+            qg, qa, s = self._basis(b)
+            b.scatter(out, ((qg * qg) @ s @ (qa * qa).T).unsqueeze(0), self.layout)
+        out[self._rest_index, 0] = self.rest_diag
+        return out[:, 0]
+
+    def _eigen_sources(self) -> tuple[Tensor, list[tuple[int, int]]]:
+        vals, where = [], []
+        for i, b in enumerate(self.blocks):
+            s = self._basis(b)[2].reshape(-1)
+            vals.append(s)
+            where += [(i, j) for j in range(s.numel())]
+        vals.append(self.rest_diag)
+        where += [(-1, j) for j in range(self.rest_diag.numel())]
+        return torch.cat(vals), where
+
+    def topk(self, k: int) -> tuple[Tensor, Tensor]:
+        """Largest k eigenpairs, exactly, from the per-block eigenbases (never a p × p matrix)."""
+        if not 1 <= k <= self.p:
+            raise ParameterError(f"topk: k must be in 1..{self.p}, got {k}")
+        vals, where = self._eigen_sources()
+        top = torch.topk(vals, k).indices.tolist()
+        vecs = torch.zeros(self.p, k, dtype=self.dtype, device=self.device)
+        for col, i in enumerate(top):
+            blk, j = where[i]
+            if blk < 0:
+                vecs[self._rest_index[j], col] = 1
+                continue
+            b = self.blocks[blk]
+            qg, qa, _ = self._basis(b)
+            m = torch.outer(qg[:, j // b.width], qa[:, j % b.width]).unsqueeze(0)
+            tmp = torch.zeros(self.p, 1, dtype=self.dtype, device=self.device)
+            b.scatter(tmp, m, self.layout)
+            vecs[:, col] = tmp[:, 0]
+        return vals[top], vecs
+
+    def eig(self) -> tuple[Tensor, Tensor]:
+        vals, vecs = self.topk(self.p)
+        return vals.flip(0), vecs.flip(1)
+
+    def _state(self) -> dict[str, Any]:
+        return {"blocks": [b.state() for b in self.blocks], "rest": self.rest, "rest_diag": self.rest_diag}
+
+    @classmethod
+    def _from_state(cls, state: Mapping[str, Any]) -> FisherMatrix:
+        blocks = [KronBlock.from_state(s, cls.keys) for s in state["blocks"]]
+        return cls(blocks, state["rest"], state["rest_diag"], ParamLayout.from_state(state["layout"]))
+
+
+@register
+class KFAC(_Kronecker):
+    """F ≈ blockdiag(G₁ ⊗ A₁, …) ⊕ diag(rest); each block's ``tensors`` holds ``"A"`` and ``"G"``."""
+
+    keys = ("A", "G")
+
+    def __init__(
+        self, blocks: Sequence[KronBlock], rest: Sequence[str], rest_diag: Tensor, layout: ParamLayout
+    ) -> None:
+        super().__init__(blocks, rest, rest_diag, layout)
+        self._eig: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+
+    def _basis(self, b: KronBlock) -> tuple[Tensor, Tensor, Tensor]:
+        key = id(b)
+        if key not in self._eig:
+            wg, qg = torch.linalg.eigh(b.tensors["G"])
+            wa, qa = torch.linalg.eigh(b.tensors["A"])
+            self._eig[key] = (qg, qa, torch.outer(wg.clamp_min(0), wa.clamp_min(0)))
+        return self._eig[key]
+
+    def _mm(self, v: Tensor) -> Tensor:
+        out = torch.empty_like(v)
+        for b in self.blocks:
+            m = b.gather(v, self.layout)
+            b.scatter(out, b.tensors["G"] @ m @ b.tensors["A"], self.layout)
+        out[self._rest_index] = self.rest_diag.unsqueeze(-1) * v[self._rest_index]
+        return out
+
+    def _diag(self) -> Tensor:
+        out = torch.empty(self.p, 1, dtype=self.dtype, device=self.device)
+        for b in self.blocks:
+            d = torch.outer(b.tensors["G"].diagonal(), b.tensors["A"].diagonal())
+            b.scatter(out, d.unsqueeze(0), self.layout)
+        out[self._rest_index, 0] = self.rest_diag
+        return out[:, 0]
+
+    def _scaled(self, c: float) -> FisherMatrix:
+        blocks = [
+            KronBlock(b.weight, b.bias, b.d_out, b.d_in, {"A": b.tensors["A"], "G": c * b.tensors["G"]})
+            for b in self.blocks
+        ]
+        return KFAC(blocks, self.rest, c * self.rest_diag, self.layout)
+
+
+@register
+class EKFAC(_Kronecker):
+    """KFAC's eigenbasis with refitted eigenvalues; each block's ``tensors``: ``"QA"``, ``"QG"``, ``"S"``."""
+
+    keys = ("QA", "QG", "S")
+
+    def _basis(self, b: KronBlock) -> tuple[Tensor, Tensor, Tensor]:
+        return b.tensors["QG"], b.tensors["QA"], b.tensors["S"]
+
+    def _scaled(self, c: float) -> FisherMatrix:
+        blocks = [
+            KronBlock(b.weight, b.bias, b.d_out, b.d_in, {**b.tensors, "S": c * b.tensors["S"]}) for b in self.blocks
+        ]
+        return EKFAC(blocks, self.rest, c * self.rest_diag, self.layout)

@@ -1,0 +1,65 @@
+"""Low-rank Fisher matrices: the top-k eigenpairs, F ≈ U diag(λ) Uᵀ."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor
+
+from ..errors import FisherKLError, ParameterError
+from .base import FisherMatrix, register
+from .layout import ParamLayout
+
+
+@register
+class LowRank(FisherMatrix):
+    """F ≈ U diag(λ) Uᵀ with orthonormal columns U ``[p, k]`` and eigenvalues λ ``[k]`` (descending)."""
+
+    structured_solve = True
+
+    def __init__(self, values: Tensor, vectors: Tensor, layout: ParamLayout) -> None:
+        if vectors.ndim != 2 or vectors.shape[0] != layout.numel or values.shape != (vectors.shape[1],):
+            raise ParameterError(
+                f"LowRank: need values [k] and vectors [{layout.numel}, k], "
+                f"got {tuple(values.shape)} and {tuple(vectors.shape)}"
+            )
+        super().__init__(layout, vectors.dtype, vectors.device)
+        self.values, self.vectors = values, vectors
+
+    @property
+    def rank(self) -> int:
+        return int(self.values.numel())
+
+    def _mm(self, v: Tensor) -> Tensor:
+        return self.vectors @ (self.values.unsqueeze(-1) * (self.vectors.T @ v))
+
+    def _diag(self) -> Tensor:
+        return (self.vectors * self.vectors) @ self.values
+
+    def _solve(self, b: Tensor, damping: float, rtol: float | None, max_iter: int | None) -> Tensor:
+        if damping <= 0:
+            raise FisherKLError("solve: a low-rank Fisher is singular off its k eigenvectors; pass damping > 0")
+        coef = 1.0 / (self.values + damping) - 1.0 / damping
+        return b / damping + self.vectors @ (coef.unsqueeze(-1) * (self.vectors.T @ b))
+
+    def topk(self, k: int) -> tuple[Tensor, Tensor]:
+        if not 1 <= k <= self.rank:
+            raise ParameterError(f"topk: k must be in 1..{self.rank} (the stored rank), got {k}")
+        return self.values[:k].clone(), self.vectors[:, :k].clone()
+
+    def _scaled(self, c: float) -> FisherMatrix:
+        return LowRank(c * self.values, self.vectors, self.layout)
+
+    def _state(self) -> dict[str, Any]:
+        return {"values": self.values, "vectors": self.vectors}
+
+    @classmethod
+    def _from_state(cls, state: Mapping[str, Any]) -> FisherMatrix:
+        return cls(state["values"], state["vectors"], ParamLayout.from_state(state["layout"]))
+
+
+def lowrank_of(f: FisherMatrix, k: int) -> LowRank:
+    """The best rank-k approximation of ``f`` (its top-k eigenpairs)."""
+    vals, vecs = f.topk(k)
+    return LowRank(vals.clamp_min(0), vecs, f.layout)

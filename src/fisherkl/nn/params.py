@@ -1,0 +1,53 @@
+"""A network's parameters as one vector: layout, flattening, perturbed copies."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..matrix.layout import ParamLayout
+
+
+def layout_of(net: nn.Module) -> ParamLayout:
+    """The layout (names and shapes, in ``named_parameters`` order) of the parameters that require grad."""
+    return ParamLayout.of((n, p) for n, p in net.named_parameters() if p.requires_grad)
+
+
+def parameters_vector(net: nn.Module) -> Tensor:
+    """The parameters that require grad, flattened ``[p]`` (detached)."""
+    return torch.cat([p.detach().reshape(-1) for p in net.parameters() if p.requires_grad])
+
+
+def perturbed(net: nn.Module, delta: Any) -> nn.Module:
+    """A deep copy of ``net`` with parameters w + δ (δ flat ``[p]``, a list, or a dict by name)."""
+    layout = layout_of(net)
+    flat, _ = layout.flatten(delta, "delta")
+    parts = layout.unflatten(flat, "dict")
+    assert isinstance(parts, dict)
+    other = copy.deepcopy(net)
+    with torch.no_grad():
+        for name, p in other.named_parameters():
+            if name in parts:
+                p.add_(parts[name].to(dtype=p.dtype, device=p.device))
+    return other
+
+
+@contextlib.contextmanager
+def preserved_parameters(net: nn.Module) -> Iterator[None]:
+    """Restore every module's own parameters on exit.
+
+    ``torch.func.functional_call`` leaves a detached tensor behind in a module that is registered
+    twice in the same network (``nn.Sequential(lin, act, lin)``); this guard undoes that.
+    """
+    saved = [(m, dict(m._parameters)) for _, m in net.named_modules(remove_duplicate=False)]
+    try:
+        yield
+    finally:
+        for m, params in saved:
+            for k, p in params.items():
+                m._parameters[k] = p
