@@ -31,6 +31,7 @@ from .geometry import (
     log_map,
     natural_gradient,
 )
+from .io import FileFormatError, load, save
 from .model import Model, Param
 from .reparam import Reparametrized, reparametrize
 
@@ -43,6 +44,7 @@ __all__ = [
     "Estimate",
     "ExponentialFamily",
     "Family",
+    "FileFormatError",
     "FisherKLError",
     "Model",
     "NonRegularModelError",
@@ -68,9 +70,11 @@ __all__ = [
     "kl",
     "kl_quadratic",
     "kl_step",
+    "load",
     "log_map",
     "matrix",
     "natural_gradient",
     "nn",
     "reparametrize",
+    "save",
 ]

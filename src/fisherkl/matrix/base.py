@@ -9,6 +9,9 @@ A :class:`FisherMatrix` F (size p × p, p = number of parameters) offers
 * ``eig()`` (all eigenpairs, ascending) and ``topk(k)`` (largest k, descending);
 * ``F + G``, ``c * F``, ``F * c``, ``F / c``;
 * ``state_dict()`` / ``load_state_dict()`` and :func:`fisherkl.matrix.from_state_dict`;
+* ``save(path)`` (atomic; read back by :func:`fisherkl.io.load`);
+* ``all_reduce(group)``: the mean over the data of every rank of a ``torch.distributed`` group
+  (per-rank means weighted by their example counts ``n_examples``);
 * ``as_linear_operator()``: a ``scipy.sparse.linalg.LinearOperator`` view.
 
 Vectors are flat tensors ``[p]`` (or columns ``[p, k]``), lists of parameter-shaped tensors, or
@@ -71,13 +74,32 @@ def from_state_dict(state: Mapping[str, Any]) -> FisherMatrix:
     kind = state.get("type")
     if kind not in _REGISTRY:
         raise ParameterError(f"state_dict: unknown representation type {kind!r}; known: {', '.join(_REGISTRY)}")
-    return _REGISTRY[kind]._from_state(state)
+    return _restore_counts(_REGISTRY[kind]._from_state(state), state)
+
+
+def _restore_counts(f: FisherMatrix, state: Mapping[str, Any]) -> FisherMatrix:
+    n = state.get("n_examples")
+    f.n_examples = None if n is None else int(n)
+    rows = state.get("row_counts")
+    f.row_counts = None if rows is None else {str(k): int(v) for k, v in rows.items()}
+    return f
+
+
+def _group_src(dist: Any, group: Any) -> int:
+    """The global rank of the group's first member (the source of broadcasts)."""
+    if group is None:
+        return 0
+    return int(dist.get_global_rank(group, 0))
 
 
 class FisherMatrix(ABC):
     """A p × p symmetric positive semi-definite matrix over a network's parameters (see module doc)."""
 
     structured_solve: ClassVar[bool] = False
+    #: the number of examples this mean is over (set by :func:`fisherkl.nn.fisher`); needed by all_reduce
+    n_examples: int | None = None
+    #: KFAC: rows behind each layer's A factor (weight name -> count), when A is a mean over positions
+    row_counts: dict[str, int] | None = None
 
     def __init__(self, layout: ParamLayout, dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
         self.layout = layout
@@ -224,7 +246,112 @@ class FisherMatrix(ABC):
     # --- persistence ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Tensors and metadata to rebuild this matrix (``torch.save``-able)."""
-        return {"type": type(self).__name__, "layout": self.layout.state(), **self._state()}
+        out = {"type": type(self).__name__, "layout": self.layout.state(), **self._state()}
+        if self.n_examples is not None:
+            out["n_examples"] = int(self.n_examples)
+        if self.row_counts is not None:
+            out["row_counts"] = {str(k): int(v) for k, v in self.row_counts.items()}
+        return out
+
+    def save(self, path: Any) -> None:
+        """Write this matrix to ``path`` atomically (temporary file, fsync, rename); read it back with
+        :func:`fisherkl.io.load` (``fisherkl.load``), which checks format, representation and shapes."""
+        from ..io import save
+
+        save(self, path)
+
+    # --- torch.distributed ---------------------------------------------------------------------------
+    def all_reduce(self, group: Any = None) -> FisherMatrix:
+        """Replace this per-rank Fisher by the mean over the data of every rank of ``group`` (default:
+        the world) of an initialised ``torch.distributed`` process group, and return it.
+
+        Each rank's mean is weighted by its example count, F = Σᵣ nᵣ Fᵣ / Σᵣ nᵣ, so uneven shards give
+        the mean over all data. Every rank must call it (a collective). Dense, Diagonal, BlockDiagonal
+        and KFAC reduce exactly; EKFAC only when every rank has the same eigenbasis (otherwise use
+        ``fisherkl.nn.fisher(..., distributed=True)``, which reduces the KFAC factors first); LowRank
+        and Implicit refuse (see docs/distributed.md). Idempotent: reducing twice changes nothing.
+        """
+        if self.n_examples is None:
+            raise FisherKLError(
+                f"{type(self).__name__}.all_reduce needs the number of examples behind this mean "
+                "(n_examples); reduce the Fisher as returned by fisherkl.nn.fisher, before scaling or adding"
+            )
+        self._all_reduce(group)
+        return self
+
+    def _all_reduce(self, group: Any) -> None:
+        """Generic reduction through the state dict: every stored tensor is a mean over the examples
+        (weighted by ``n_examples``), except KFAC's A factors (weighted by their row counts,
+        ``row_counts``) and EKFAC's eigenbases (which must agree on every rank)."""
+        name = type(self).__name__
+        if name == "LowRank":
+            raise FisherKLError(
+                "LowRank.all_reduce: the top-k eigenpairs of each rank's Fisher do not determine the top-k of "
+                "their mean; use fisherkl.nn.fisher(..., representation='lowrank', distributed=True), which "
+                "reduces the dense statistics (or each implicit product) before the eigendecomposition"
+            )
+        if name not in ("Dense", "Diagonal", "BlockDiagonal", "KFAC", "EKFAC"):
+            raise FisherKLError(
+                f"{name} cannot be all-reduced as a stored matrix; build it with fisherkl.nn.fisher(..., "
+                "distributed=True) (an implicit Fisher all-reduces each product)"
+            )
+        dist = require_process_group(group)
+        rows = dict(self.row_counts or {})
+        means: list[Tensor] = []
+        weights: list[str] = []
+        bases: list[Tensor] = []
+
+        def walk(obj: Any, key: str, block: Mapping[str, Any] | None) -> Any:
+            if isinstance(obj, Tensor):
+                t = obj.detach().clone()
+                if key in ("QA", "QG"):
+                    bases.append(t)
+                else:
+                    w = (
+                        f"rows:{block['weight']}"
+                        if key == "A" and block is not None and block["weight"] in rows
+                        else "n"
+                    )
+                    means.append(t)
+                    weights.append(w)
+                return t
+            if isinstance(obj, Mapping):
+                blk = obj if "weight" in obj and "d_out" in obj else block
+                return {k: walk(v, k, blk) for k, v in obj.items()}
+            if isinstance(obj, list):
+                return [walk(v, key, block) for v in obj]
+            return obj
+
+        state = walk(self._state(), "", None)
+        counts = {"n": int(self.n_examples or 0), **{f"rows:{k}": int(v) for k, v in rows.items()}}
+        if bases:
+            ref = [b.clone() for b in bases]
+            for b in ref:
+                dist.broadcast(b, src=_group_src(dist, group), group=group)
+            tol = 1e-10 if bases[0].dtype == torch.float64 else 1e-5
+            bad = torch.tensor([float(any(not torch.allclose(a, b, atol=tol) for a, b in zip(bases, ref)))])
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX, group=group)
+            if float(bad) > 0:
+                raise FisherKLError(
+                    "EKFAC.all_reduce: the ranks' eigenbases differ (each came from its own shard's KFAC factors), "
+                    "so their refitted eigenvalues cannot be averaged; use fisherkl.nn.fisher(..., "
+                    "representation='ekfac', distributed=True), which reduces the KFAC factors before the eigenbasis"
+                )
+            for b, r in zip(bases, ref):
+                b.copy_(r)
+        keys = sorted(counts)
+        sums, totals = all_reduce_sums(
+            [m * float(counts[w]) for m, w in zip(means, weights)], [counts[k] for k in keys], group
+        )
+        counts = dict(zip(keys, totals))
+        for m, tot, w in zip(means, sums, weights):
+            m.copy_(tot / counts[w] if counts[w] > 0 else torch.zeros_like(tot))
+        state["layout"] = self.layout.state()
+        new = type(self)._from_state(state)
+        self.__dict__.update(new.__dict__)
+        self.n_examples = counts["n"]
+        if rows:
+            self.row_counts = {k[5:]: v for k, v in counts.items() if k.startswith("rows:")}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Replace this matrix's contents by those saved in ``state`` (same type and layout)."""
@@ -234,6 +361,7 @@ class FisherMatrix(ABC):
         if new.layout != self.layout:
             raise ParameterError("load_state_dict: the state's parameter layout differs from this matrix's")
         self.__dict__.update(new.__dict__)
+        _restore_counts(self, state)
 
     # --- scipy ------------------------------------------------------------------------------------
     def as_linear_operator(self) -> Any:
@@ -250,6 +378,42 @@ class FisherMatrix(ABC):
             return matmat(x).reshape(-1)
 
         return LinearOperator(self.shape, matvec=matvec, rmatvec=matvec, matmat=matmat, rmatmat=matmat, dtype=dtype)
+
+
+def require_process_group(group: Any = None) -> Any:
+    """The ``torch.distributed`` module, after checking that a process group is initialised."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        raise FisherKLError(
+            "all_reduce: torch.distributed is not initialised; call torch.distributed.init_process_group "
+            "(e.g. under torchrun) first"
+        )
+    return dist
+
+
+def all_reduce_sums(tensors: list[Tensor], counts: list[int], group: Any = None) -> tuple[list[Tensor], list[int]]:
+    """Sum ``tensors`` and integer ``counts`` over the ranks of ``group`` (one collective per dtype).
+
+    Returns new tensors (same shapes) and the summed counts, identical on every rank."""
+    dist = require_process_group(group)
+    out: list[Tensor] = [t for t in tensors]
+    by_dtype: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+    for i, t in enumerate(tensors):
+        by_dtype.setdefault((t.dtype, t.device), []).append(i)
+    for (dtype, _device), idx in sorted(by_dtype.items(), key=lambda kv: str(kv[0])):
+        buf = torch.cat([tensors[i].reshape(-1) for i in idx]) if idx else torch.zeros(0, dtype=dtype)
+        dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=group)
+        at = 0
+        for i in idx:
+            n = tensors[i].numel()
+            out[i] = buf[at : at + n].reshape(tensors[i].shape)
+            at += n
+    device = tensors[0].device if tensors else torch.device("cpu")
+    c = torch.tensor([float(x) for x in counts], dtype=torch.float64, device=device)
+    if c.numel():
+        dist.all_reduce(c, op=dist.ReduceOp.SUM, group=group)
+    return out, [round(float(x)) for x in c]
 
 
 def dense_solve(m: Tensor, b: Tensor, damping: float) -> Tensor:
@@ -303,7 +467,9 @@ def lanczos_topk(f: FisherMatrix, k: int) -> tuple[Tensor, Tensor]:
 
     op = f.as_linear_operator()
     ncv = min(f.p, max(2 * k + 1, 20))
-    vals, vecs = eigsh(op, k=k, which="LA", ncv=ncv)
+    # a fixed starting vector: the same iterations on every rank when the products are all-reduced
+    v0 = np.random.default_rng(0).standard_normal(f.p)
+    vals, vecs = eigsh(op, k=k, which="LA", ncv=ncv, v0=v0)
     order = np.argsort(vals)[::-1]
     vals = torch.as_tensor(vals[order].copy(), dtype=f.dtype, device=f.device)
     vecs = torch.as_tensor(vecs[:, order].copy(), dtype=f.dtype, device=f.device)

@@ -7,15 +7,19 @@ the **mean** over examples, so that ½ δᵀ F δ ≈ mean over x of KL[p(y|x,w)
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import ParameterError, RouteError
+from ..errors import FisherKLError, ParameterError, RouteError
 from ..matrix import Dense, FisherMatrix, Implicit, lowrank_of
-from ..matrix.base import DenseTooLargeError, check_dense_fits
-from .data import batches, is_reiterable, seed_generator
+from ..matrix.base import DenseTooLargeError, all_reduce_sums, check_dense_fits, require_process_group
+from .checkpoint import Checkpoint, batch_digest, net_digest, rank_path
+from .data import is_reiterable, n_batches, progress_bar, seed_generator
+from .distributed import broadcast_int, indexed_batches, rank_world, reduce_stat, shard_mode
 from .engine import KINDS, Engine
 from .heads import Head, get_head
 from .implicit import fisher_mm
@@ -39,6 +43,11 @@ def fisher(
     generator: torch.Generator | None = None,
     seed: int | None = None,
     check: bool = True,
+    distributed: bool = False,
+    group: Any = None,
+    shard: bool | None = None,
+    checkpoint: Any = None,
+    checkpoint_every: int = 100,
 ) -> FisherMatrix:
     """The Fisher information of ``net`` with ``head``, averaged over ``data``, as a Fisher matrix.
 
@@ -79,6 +88,25 @@ def fisher(
     check:
         Verify on the first batch that per-example gradients add up to the batch gradient (catches
         parameters used outside their layer's forward and examples that interact).
+    distributed, group, shard:
+        ``distributed=True``: every rank of the initialised ``torch.distributed`` process ``group``
+        (default: the world) calls ``fisher`` with the same arguments and gets the same Fisher, the
+        mean over all ranks' data (per-rank sums and example counts are all-reduced, so uneven shards
+        are exact). The data is sharded here (``shard=None``/``True``): tensors and default
+        DataLoaders by batch (batch b to rank b mod world), other iterables by keeping every
+        world-th batch (the order must be the same on every rank); ``shard=False`` (or a DataLoader
+        with a ``DistributedSampler``) means each rank already holds its own shard. EKFAC takes its
+        eigenbasis from the reduced KFAC factors, then reduces the refitted scales; ``lowrank``
+        reduces the dense statistics before the eigendecomposition (or, when p × p does not fit,
+        runs Lanczos on all-reduced products); ``implicit`` all-reduces every product (every rank
+        must call ``mv`` / ``diag`` / ``solve`` together). See docs/distributed.md.
+    checkpoint, checkpoint_every:
+        A path: the partial statistics are saved there atomically every ``checkpoint_every`` batches
+        and at the end of each pass; a later call with the same arguments resumes from it (skipping
+        the batches done) and gives the result of an uninterrupted run. The data order must be
+        deterministic. A checkpoint for another network, configuration or data is refused. With
+        ``distributed=True`` each rank keeps its own file (``name.rank{r}-of-{world}.pt``). Not for
+        ``implicit`` (nothing accumulates).
     """
     if kind not in KINDS:
         raise RouteError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
@@ -91,56 +119,214 @@ def fisher(
     h = get_head(head)
     engine = Engine(net, check=check)
     layout = engine.layout
+    my_rank, world = rank_world(group) if distributed else (0, 1)
+    mode = shard_mode(data, world, shard)
     base = int(torch.randint(0, 2**62, (), generator=generator)) if seed is None else int(seed)
+    if distributed and kind == "mc" and seed is None:
+        base = broadcast_int(base, group)
+    lanczos = False
+    if representation == "lowrank":
+        try:
+            check_dense_fits(layout.numel, engine.dtype, "lowrank", factor=3)
+        except DenseTooLargeError:
+            lanczos = True
 
-    def gen_for(index: int) -> torch.Generator | None:
-        return seed_generator(base, index, engine.device) if kind == "mc" else None
-
-    def stream(stats: list[Any], desc: str) -> int:
-        return engine.run(batches(data, batch_size, progress, desc), h, kind, mc_samples, gen_for, stats)
-
-    def needs_reiterable(what: str) -> None:
-        if not is_reiterable(data):
-            raise ParameterError(
-                f"representation {what!r} passes over the data more than once; give a DataLoader, a list or "
-                "a tuple of tensors, not a one-shot iterator"
+    ckpt: Checkpoint | None = None
+    saved: dict[str, Any] | None = None
+    if checkpoint is not None:
+        if representation == "implicit" or lanczos:
+            raise RouteError(
+                f"checkpoint: representation {representation!r} accumulates nothing over the data "
+                "(each product is a pass of its own); checkpoints are for dense, diag, block, kfac, ekfac "
+                "and lowrank when p × p fits"
             )
+        fp = {
+            "net": net_digest(net)[:32],
+            "representation": representation,
+            "kind": kind,
+            "head": repr(h),
+            "kfac_mode": kfac_mode,
+            "batch_size": int(batch_size),
+            "n_batches": n_batches(data, batch_size),
+            "mc_samples": int(mc_samples) if kind == "mc" else None,
+            "seed": None if seed is None else int(seed),
+            "rank": my_rank,
+            "world_size": world,
+            "shard": mode,
+        }
+        ckpt = Checkpoint(rank_path(checkpoint, my_rank, world), checkpoint_every, fp)
+        saved = ckpt.load()
+        if saved is not None and kind == "mc":
+            base = int(saved["mc_base"])
+    current = {"index": 0}
+
+    def gen_for(_: int) -> torch.Generator | None:
+        return seed_generator(base, current["index"], engine.device) if kind == "mc" else None
+
+    def own_batches() -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
+        return indexed_batches(data, batch_size, my_rank, world, mode)
+
+    total_batches = n_batches(data, batch_size)
+    local_total = None if total_batches is None or world > 1 else total_batches
+    done_stats: dict[str, Any] = {}
+
+    def accumulate(phase: str, stat: Any, desc: str) -> None:
+        """One pass over this rank's batches into ``stat``, resuming / checkpointing ``phase``."""
+        skip, data_hash = 0, None
+        if saved is not None and phase in saved["stats"]:
+            stat.load(saved["stats"][phase])
+            if saved["phase"] != phase or saved["finished"]:
+                done_stats[phase] = stat.state()
+                return
+            skip, data_hash = int(saved["done"]), saved["data_hash"]
+        tick = _Tick(skip)
+
+        def checkpoint_now(finished: bool) -> None:
+            if ckpt is not None:
+                ckpt.save(
+                    {
+                        "phase": phase,
+                        "done": tick.done,
+                        "finished": finished,
+                        "stats": {**done_stats, phase: stat.state()},
+                        "mc_base": base,
+                        "data_hash": tick.data_hash,
+                    }
+                )
+
+        if ckpt is not None:
+            tick.every, tick.save = ckpt.every, lambda: checkpoint_now(False)
+
+        def stream() -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+            for local, (g, x, y) in enumerate(own_batches()):
+                if local == 0:
+                    tick.data_hash = batch_digest(x)
+                    if data_hash is not None and data_hash != tick.data_hash:
+                        raise FisherKLError(
+                            f"checkpoint {ckpt.path if ckpt else ''}: the first batch differs from the one the "
+                            "checkpoint was written with; resuming needs the same data in the same order "
+                            "(no unseeded shuffling)"
+                        )
+                if local < skip:
+                    continue
+                current["index"] = g
+                yield x, y
+
+        it = iter(progress_bar(stream(), local_total, progress, desc))
+        try:
+            first = next(it)
+        except StopIteration:  # this rank has no (more) batches
+            pass
+        else:
+            engine.run(itertools.chain([first], it), h, kind, mc_samples, gen_for, [stat, tick])
+        checkpoint_now(True)
+        done_stats[phase] = stat.state()
+
+    def collect(phase: str, stat: Any, desc: str) -> Any:
+        accumulate(phase, stat, desc)
+        if distributed:
+            reduce_stat(stat, group)
+        if stat.count == 0:
+            raise ParameterError("data: no examples" + (" on any rank" if distributed else ""))
+        return stat
 
     if representation == "diag":
-        diag = DiagStat(engine)
-        stream([diag], "Fisher diag")
-        return diag.finish(layout)
-    if representation in ("dense", "block"):
-        groups = [list(layout.names)] if representation == "dense" else groups_by_layer(engine)
-        stat = BlockStat(engine, groups)
-        stream([stat], f"Fisher {representation}")
-        return stat.finish_dense(layout) if representation == "dense" else stat.finish_blocks(layout)
+        return collect("main", DiagStat(engine), "Fisher diag").finish(layout)
+    if representation in ("dense", "block") or (representation == "lowrank" and not lanczos):
+        groups = groups_by_layer(engine) if representation == "block" else [list(layout.names)]
+        stat = collect("main", BlockStat(engine, groups), f"Fisher {representation}")
+        if representation == "block":
+            return stat.finish_blocks(layout)
+        dense: Dense = stat.finish_dense(layout)
+        return dense if representation == "dense" else lowrank_of(dense, min(rank, layout.numel))
     if representation in ("kfac", "ekfac"):
-        kfac = KFACStat(engine, kfac_mode)
-        stream([kfac], "KFAC factors")
+        kfac = collect("kfac", KFACStat(engine, kfac_mode), "KFAC factors")
         if representation == "kfac":
             return kfac.finish(layout)
-        needs_reiterable("ekfac")
+        needs_reiterable(data, "ekfac")
         ekfac = EKFACStat(kfac)
-        stream([ekfac], "EKFAC scales")
-        return ekfac.finish(layout)
+        if distributed:  # one eigenbasis for all ranks (eigh of the same reduced factors, made certain)
+            dist = require_process_group(group)
+            src = 0 if group is None else int(dist.get_global_rank(group, 0))
+            for qg, qa in ekfac.bases.values():
+                dist.broadcast(qg, src=src, group=group)
+                dist.broadcast(qa, src=src, group=group)
+        return collect("ekfac", ekfac, "EKFAC scales").finish(layout)
 
-    needs_reiterable(representation)
+    needs_reiterable(data, representation)
+    if not distributed:
 
-    def exact_diag() -> torch.Tensor:
-        d = DiagStat(engine)
-        stream([d], "Fisher diag")
-        return d.flat(layout)
+        def exact_diag() -> torch.Tensor:
+            d = DiagStat(engine)
+            engine.run(
+                progress_bar((xy[1:] for xy in own_batches()), total_batches, progress, "Fisher diag"),
+                h,
+                kind,
+                mc_samples,
+                lambda i: seed_generator(base, i, engine.device) if kind == "mc" else None,
+                [d],
+            )
+            return d.flat(layout)
 
-    mm = fisher_mm(net, layout, data, h, kind, mc_samples, batch_size, gen_for)
+        mm = fisher_mm(net, layout, data, h, kind, mc_samples, batch_size, gen_for_index(kind, base, engine))
+    else:
+        shard_data = _Counted(own_batches, current)
+        local_mm = fisher_mm(net, layout, shard_data, h, kind, mc_samples, batch_size, gen_for)
+
+        def mm(v: torch.Tensor) -> torch.Tensor:
+            out = local_mm(v)
+            local = out * shard_data.n if shard_data.n > 0 else torch.zeros_like(v)
+            (s,), (n,) = all_reduce_sums([local], [shard_data.n], group)
+            if n == 0:
+                raise ParameterError("data: no examples on any rank")
+            return s / n
+
+        def exact_diag() -> torch.Tensor:
+            return collect("diag", DiagStat(engine), "Fisher diag").flat(layout)
+
     implicit = Implicit(mm, layout, engine.dtype, engine.device, diag_fn=exact_diag)
     if representation == "implicit":
         return implicit
-    try:
-        check_dense_fits(layout.numel, engine.dtype, "lowrank", factor=3)
-    except DenseTooLargeError:
-        return lowrank_of(implicit, rank)
-    stat = BlockStat(engine, [list(layout.names)])
-    stream([stat], "Fisher dense")
-    dense: Dense = stat.finish_dense(layout)
-    return lowrank_of(dense, min(rank, layout.numel))
+    return lowrank_of(implicit, rank)
+
+
+class _Tick:
+    """A pseudo-statistic, added last: counts batches and saves a checkpoint every ``every``."""
+
+    def __init__(self, done: int) -> None:
+        self.done = done
+        self.every = 0
+        self.save: Any = None
+        self.data_hash: str | None = None
+        self.count = 0
+
+    def add(self, engine: Engine, n: int) -> None:
+        self.done += 1
+        if self.every and self.done % self.every == 0:
+            self.save()
+
+
+class _Counted:
+    """This rank's batches as an iterable of ``(x, y)``, counting examples and tracking the global index."""
+
+    def __init__(self, source: Any, current: dict[str, int]) -> None:
+        self.source, self.current, self.n = source, current, 0
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        self.n = 0
+        for g, x, y in self.source():
+            self.current["index"] = g
+            self.n += int(x.shape[0])
+            yield x, y
+
+
+def gen_for_index(kind: str, base: int, engine: Engine) -> Any:
+    return lambda i: seed_generator(base, i, engine.device) if kind == "mc" else None
+
+
+def needs_reiterable(data: Any, what: str) -> None:
+    if not is_reiterable(data):
+        raise ParameterError(
+            f"representation {what!r} passes over the data more than once; give a DataLoader, a list or "
+            "a tuple of tensors, not a one-shot iterator"
+        )
