@@ -8,25 +8,36 @@
 from __future__ import annotations
 
 from . import heads
+from .approx import ApproximationReport, approximation_report
+from .checkpoint import CheckpointMismatchError
+from .ewc import EWC, merge_fishers
 from .fisher import REPRESENTATIONS, fisher
 from .heads import Bernoulli, CallableHead, Categorical, Gaussian, GaussianVar, Head, Poisson, get_head
 from .kl import kl
+from .optim import NaturalGradient, average_fishers
 from .params import layout_of, parameters_vector, perturbed
 
 __all__ = [
+    "EWC",
     "REPRESENTATIONS",
+    "ApproximationReport",
     "Bernoulli",
     "CallableHead",
     "Categorical",
+    "CheckpointMismatchError",
     "Gaussian",
     "GaussianVar",
     "Head",
+    "NaturalGradient",
     "Poisson",
+    "approximation_report",
+    "average_fishers",
     "fisher",
     "get_head",
     "heads",
     "kl",
     "layout_of",
+    "merge_fishers",
     "parameters_vector",
     "perturbed",
 ]

@@ -117,8 +117,8 @@ class Categorical(Head):
         tiny = torch.finfo(p.dtype).tiny
         qr, qn = q[..., :-1].clamp_min(tiny), q[..., 1:].clamp_min(tiny)
         pr = p[..., :-1]
-        diag = (pr * qn / qr).sqrt()
-        coef = (pr / (qr * qn)).sqrt()  # [n, C-1]
+        diag = (pr / qr).sqrt() * qn.sqrt()
+        coef = (pr / qr).sqrt() * qn.rsqrt()  # [n, C-1]; qr·qn would underflow in float32
         b = -coef.unsqueeze(-1) * p.unsqueeze(-2)  # [n, C-1, C]
         mask = torch.ones(c - 1, c, dtype=torch.bool, device=p.device).triu(1)
         b = torch.where(mask, b, torch.zeros_like(b))
