@@ -20,7 +20,7 @@ install: $(STAMP)
 
 # the main job: every family checked end to end -> tables here, plots + one HTML page in fisherkl-report/
 demo: $(STAMP)
-	$(VENV)/bin/fisherkl report --out fisherkl-report
+	$(VENV)/bin/fisherkl report --network --out fisherkl-report
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -223,7 +223,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
     for name in args.family:
         families.family(name)  # unknown names fail here, before any work
-    main_report(args.out, args.family or None, plots=not args.no_plots)
+    main_report(args.out, args.family or None, plots=not args.no_plots, network=args.network)
 
 
 def _agreement_json(a: Agreement) -> dict[str, Any]:
@@ -277,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="fisherkl-report", help="output directory (default fisherkl-report)")
     s.add_argument("--family", action="append", default=[], help="only these families (repeatable)")
     s.add_argument("--no-plots", action="store_true", help="skip the plots (no matplotlib needed)")
+    s.add_argument(
+        "--network", action="store_true", help="add a neural-network section (digits MLP; needs scikit-learn)"
+    )
     s.set_defaults(run=cmd_report)
 
     s = sub.add_parser("demo", help="every family: all routes agree, and KL ≈ ½δᵀIδ")
