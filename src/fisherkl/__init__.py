@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from . import families, geometry, matrix, nn
 from .constraints import Constraint
+from .convergence import check
 from .divergence import chi2, jeffreys, jeffreys_quadratic, kl, kl_quadratic
 from .errors import (
     ConvergenceError,
@@ -34,6 +35,8 @@ from .geometry import (
 from .io import FileFormatError, load, save
 from .model import Model, Param
 from .reparam import Reparametrized, reparametrize
+from .taylor import kl_taylor, kl_taylor_terms
+from .validity import ValidityRadius, validity_radius
 
 __version__ = "0.1.0"
 
@@ -53,7 +56,9 @@ __all__ = [
     "Reparametrized",
     "RouteError",
     "SingularFisherWarning",
+    "ValidityRadius",
     "available_routes",
+    "check",
     "chi2",
     "christoffel",
     "cramer_rao",
@@ -70,6 +75,8 @@ __all__ = [
     "kl",
     "kl_quadratic",
     "kl_step",
+    "kl_taylor",
+    "kl_taylor_terms",
     "load",
     "log_map",
     "matrix",
@@ -77,4 +84,5 @@ __all__ = [
     "nn",
     "reparametrize",
     "save",
+    "validity_radius",
 ]

@@ -65,6 +65,12 @@ def kl_taylor_terms(
         raise ParameterError(f"order must be an integer between 2 and 6, got {order!r}")
     t0 = model.validate(theta)
     require_regular(model)
+    if order > 2 and not model.twice_differentiable:
+        why = getattr(model, "why_not_twice_differentiable", "log p is not smooth in θ")
+        raise RouteError(
+            f"{model.name}: KL is not three times differentiable here ({why}); beyond ½δᵀIδ it grows like "
+            "|δ|³ one-sidedly, so there is no Taylor polynomial of order > 2"
+        )
     d = _delta(model, t0, delta)
     t0, d = torch.broadcast_tensors(t0, d)
     batch = t0.shape[:-1]
@@ -81,9 +87,13 @@ def kl_taylor_terms(
                 value = model.closed_kl(t0, t0 + t.unsqueeze(-1) * d)
                 assert value is not None
                 derivs = _nested_t_derivatives(value, t, order)
-            terms = torch.stack([torch.zeros_like(t0[..., 0]), *[g.detach() for g in derivs]], -1) / factorials
+            zero = torch.zeros_like(t0[..., 0])
+            terms = torch.stack([zero, zero, *[g.detach() for g in derivs[1:]]], -1) / factorials
             est = Estimate(terms, torch.zeros_like(terms), "closed")
             return est if return_error else est.value
+        if not model.twice_differentiable:
+            why = getattr(model, "why_not_twice_differentiable", "log p is not smooth in θ")
+            raise RouteError(f"{model.name}: the expectation route needs a smooth log p ({why}); use method='closed'")
         dist = model.distribution(t0)
 
         def integrand(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -92,8 +102,10 @@ def kl_taylor_terms(
             with torch.enable_grad():
                 logp = model.distribution(t0 + t.unsqueeze(-1) * d).log_prob(x)
                 derivs = _nested_t_derivatives(logp, t, order)
-            # g^(k)(0) = −E[dᵏ log p/dtᵏ]; g(0) = 0
-            g = torch.stack([torch.zeros_like(logp), *[-v for v in derivs]], -1).detach()
+            # g^(k)(0) = −E[dᵏ log p/dtᵏ]; g(0) = 0 and g′(0) = −E[score·δ] = 0 exactly (not estimated:
+            # its Monte Carlo noise would swamp c₂ at small steps)
+            zero = torch.zeros_like(logp)
+            g = torch.stack([zero, zero, *[-v for v in derivs[1:]]], -1).detach()
             return logp.detach(), g
 
         scheme = exact_scheme(dist)

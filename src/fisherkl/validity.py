@@ -29,9 +29,10 @@ class ValidityRadius:
     """How far along ``direction`` the quadratic form predicts KL to ``rtol``.
 
     ``radius`` is in units of the direction (δ = radius·u); ``norm`` = radius·|u|. ``method`` is
-    'exact KL' or 'cubic term'. ``bound`` says what stopped the search: 'rtol' (the error reached
-    rtol), 'boundary' (θ + t·u left the parameter space first) or 'none' (the quadratic form
-    stayed within rtol up to t = ``t_max``, e.g. a normal's location, where it is exact).
+    'exact KL' or 'cubic term' (Monte Carlo-only models: seeded, reproducible). ``bound`` says what
+    stopped the search: 'rtol' (the error reached rtol), 'boundary' (θ + t·u left the parameter
+    space first) or 'none' (the quadratic form stayed within rtol up to t = ``t_max``, e.g. a
+    normal's location, where it is exact; the radius is then ``t_max``).
     """
 
     radius: float
@@ -63,6 +64,8 @@ def validity_radius(
     *,
     t_max: float | None = None,
     iterations: int = 60,
+    seed: int = 0,
+    n_samples: int = 200_000,
 ) -> ValidityRadius:
     """The validity radius of ½δᵀIδ at ``theta`` along ``direction`` (see the module docstring)."""
     if not (0 < rtol < 1):
@@ -81,7 +84,7 @@ def validity_radius(
     with no_argument_validation():
         exact_available = model.has_closed_kl(th) or exact_scheme(model.distribution(th)) is not None
     if not exact_available:
-        terms = kl_taylor_terms(model, th, u, 3, return_error=True)
+        terms = kl_taylor_terms(model, th, u, 3, return_error=True, seed=seed, n_samples=n_samples)
         assert isinstance(terms, Estimate)
         c2, c3 = float(terms.value[2]), float(terms.value[3])
         t = math.inf if c3 == 0 else rtol * c2 / abs(c3)
@@ -89,25 +92,25 @@ def validity_radius(
         return ValidityRadius(t, t * float(u.norm()), rtol, "cubic term", "rtol", c2 * t * t + c3 * t**3)
 
     good, bad, bound = 0.0, None, "none"
-    t = 1e-3 * unit
-    while t <= t_max:
+    t = min(1e-3 * unit, t_max)
+    while True:
         err = _relative_error(model, th, u, t, quad)
-        if err is None:
-            bad, bound = t, "boundary"
+        if err is None or err > rtol:
+            bad, bound = t, ("boundary" if err is None else "rtol")
             break
-        if err > rtol:
-            bad, bound = t, "rtol"
+        good = t
+        if t >= t_max:
             break
-        good, t = t, 2 * t
+        t = min(2 * t, t_max)
     if bad is None:
-        radius = good
+        radius = good  # = t_max: within rtol all the way
     else:
         lo, hi = good, bad
         for _ in range(iterations):
             mid = 0.5 * (lo + hi)
             err = _relative_error(model, th, u, mid, quad)
             if err is None or err > rtol:
-                hi = mid
+                hi, bound = mid, ("boundary" if err is None else "rtol")
             else:
                 lo = mid
             if hi - lo <= 1e-9 * hi:
