@@ -31,13 +31,14 @@ def divergence(
     n_samples: int = 100_000,
     seed: int | None = None,
     generator: torch.Generator | None = None,
+    min_level: int = 4,
 ) -> Estimate:
     """E_p[pointwise(log p, log q)], or ``closed(θp, θq)`` where that is not None.
 
     ``method``: 'closed', 'exact' (finite sum, series, quadrature), 'mc', or 'auto' (the first
     that exists). Never returns NaN: raises FisherKLError naming ``what`` instead.
     """
-    est = _divergence(model, tp, tq, closed, pointwise, what, method, n_samples, seed, generator)
+    est = _divergence(model, tp, tq, closed, pointwise, what, method, n_samples, seed, generator, min_level)
     check_not_nan(model, est.value, f"the {what} ({est.method})")
     return est
 
@@ -53,6 +54,7 @@ def _divergence(
     n_samples: int,
     seed: int | None,
     generator: torch.Generator | None,
+    min_level: int,
 ) -> Estimate:
     if method not in ("auto", "closed", "exact", "mc"):
         raise RouteError(f"unknown method {method!r}; choose 'auto', 'closed', 'exact' or 'mc'")
@@ -75,7 +77,7 @@ def _divergence(
         if method == "exact" and scheme is None:
             raise RouteError(f"{model.name}: no exact expectation for {type(p).__name__}; use method='mc'")
         if method != "mc" and scheme is not None:
-            value, error, scheme = expect_exact(p, integrand, others=(model.distribution(tq),))
+            value, error, scheme = expect_exact(p, integrand, others=(model.distribution(tq),), min_level=min_level)
             return Estimate(value, error, f"{scheme}")
         value, se = expect_mc(p, integrand, n_samples=n_samples, seed=seed, generator=generator)
         return Estimate(value, se, "mc", n_samples)

@@ -123,8 +123,8 @@ def _series(
     batch = dist.batch_shape
     start, chunk = 0, 64
     total: Tensor | None = None
-    dtype = dist.mean.dtype
-    device = dist.mean.device
+    probe = dist.log_prob(torch.as_tensor(float(lower)).expand(batch))
+    dtype, device = probe.dtype, probe.device
     prev_logp: Tensor | None = None
     while True:
         k = torch.arange(start, start + chunk, dtype=dtype, device=device) + lower
@@ -234,19 +234,25 @@ def _quadrature_nodes(lo: Tensor, hi: Tensor, points: Tensor, s: Tensor, h: floa
 
 
 def _quadrature(
-    dist: Distribution, integrand: Integrand, rtol: float, max_level: int, others: tuple[Distribution, ...]
+    dist: Distribution,
+    integrand: Integrand,
+    rtol: float,
+    max_level: int,
+    others: tuple[Distribution, ...],
+    min_level: int = 4,
 ) -> tuple[Tensor, Tensor]:
     bounds = _dist_bounds(dist)
     assert bounds is not None
     batch = dist.batch_shape
-    ref = dist.mean if _has_mean(dist) else torch.zeros(batch)
-    dtype, device = (ref.dtype, ref.device) if ref.is_floating_point() else (torch.get_default_dtype(), ref.device)
+    ref = _reference(dist)
+    dtype, device = (ref.dtype, ref.device) if ref is not None else (torch.get_default_dtype(), torch.device("cpu"))
     lo = torch.as_tensor(bounds[0], dtype=dtype, device=device).expand(batch)
     hi = torch.as_tensor(bounds[1], dtype=dtype, device=device).expand(batch)
     c, s = _center_scale(dist, lo, hi)
     centers = [c] + [_center_scale(o, lo, hi)[0].expand(batch) for o in others]
     points = torch.sort(torch.stack(centers, 0), 0).values
     previous: Tensor | None = None
+    previous_mass = torch.zeros(())
     diff = torch.full((), math.inf)
     for level in range(2, max_level + 1):
         x, lw = _quadrature_nodes(lo, hi, points, s, 2.0**-level)
@@ -276,11 +282,30 @@ def _quadrature(
             # (e.g. Beta with a concentration < 1 near x = 1, whose mass within one ulp of 1 is
             # out of reach): then the value is returned with that difference as its error
             stalled = level == max_level and rel <= _STALL_RTOL
-            if (rel <= rtol and level >= 4) or stalled:
+            if (rel <= rtol and level >= min_level) or stalled:
+                # mass the nodes cannot reach (within one ulp of a finite end, beyond the last node of
+                # an infinite one) times the integrand's size there: where that mass is more than
+                # rounding, the integrand at the outermost (lightest) nodes stands in for it
                 defect = (1 - mass.detach()).abs()
-                err = diff + _expand_out(defect, value.ndim) * scale
+                factor = _expand_out(defect, value.ndim) * scale
+                # lost (unreachable) mass is the same at every level; a defect that still moves
+                # between levels is discretisation, already covered by defect·scale
+                lost_mass = (defect > 1e-13) & ((mass.detach() - previous_mass).abs() < 0.5 * defect)
+                if bool(lost_mass.any()):
+                    w = torch.exp(lw + logp.detach())
+                    light = (w > 0) & (w < 1e-6 * w.amax(0, keepdim=True))
+                    dense = (f.dense() if isinstance(f, LogScaled) else f).detach().abs()
+                    dense = torch.where(_expand_out(light, dense.ndim) & torch.isfinite(dense), dense, 0.0)
+                    edge = dense.amax(0)
+                    if edge.ndim > len(batch):  # one bound for all entries: the lost mass feeds them all
+                        edge = _expand_out(edge.flatten(len(batch)).amax(-1), edge.ndim).expand_as(edge)
+                    # ×4: the integrand may keep growing beyond the outermost node (e.g. log² x in a
+                    # heavy tail); the bound stays conservative
+                    lost = 4 * _expand_out(torch.where(lost_mass, defect, 0.0), value.ndim) * edge
+                    factor = torch.maximum(factor, lost)
+                err = diff + factor
                 return value, err
-        previous = value
+        previous, previous_mass = value, mass.detach()
     raise ConvergenceError(
         f"quadrature not converged at level {max_level} (successive estimates differ by up to "
         f"{float(diff.max()):.3g}); the integral may diverge, or the density may be too narrow "
@@ -288,17 +313,37 @@ def _quadrature(
     )
 
 
-def _dtype_of(dist: Distribution) -> torch.dtype:
-    """The floating dtype the distribution computes in (of its mean, else of a log-density)."""
-    probes = (lambda: dist.mean, lambda: dist.log_prob(dist.sample()))
+def _reference(dist: Distribution) -> Tensor | None:
+    """A floating tensor the distribution computes (its mean, else a log-density inside its support)."""
+    probes = (lambda: dist.mean, lambda: dist.log_prob(_support_point(dist)), lambda: dist.log_prob(dist.sample()))
     for probe in probes:
         try:
             value = probe()
-        except (NotImplementedError, AttributeError, RuntimeError, ValueError):
+        except (NotImplementedError, AttributeError, RuntimeError, ValueError, TypeError):
             continue
         if value.is_floating_point():
-            return value.dtype
-    return torch.get_default_dtype()
+            return value
+    return None
+
+
+def _support_point(dist: Distribution) -> Tensor:
+    bounds = _dist_bounds(dist) if dist.event_shape == torch.Size([]) else None
+    if bounds is None and isinstance(dist.support, tc._IntegerGreaterThan):
+        bounds = (dist.support.lower_bound, math.inf)
+    lo, hi = (float(b) if not isinstance(b, Tensor) else b for b in (bounds or (-math.inf, math.inf)))
+    lo_t, hi_t = torch.as_tensor(lo), torch.as_tensor(hi)
+    point = torch.where(
+        torch.isfinite(lo_t) & torch.isfinite(hi_t),
+        (lo_t + hi_t) / 2,
+        torch.where(torch.isfinite(lo_t), lo_t + 1, torch.where(torch.isfinite(hi_t), hi_t - 1, torch.zeros(()))),
+    )
+    return point.expand(dist.batch_shape)
+
+
+def _dtype_of(dist: Distribution) -> torch.dtype:
+    """The floating dtype the distribution computes in."""
+    ref = _reference(dist)
+    return ref.dtype if ref is not None else torch.get_default_dtype()
 
 
 def _has_mean(dist: Distribution) -> bool:
@@ -318,11 +363,14 @@ def expect_exact(
     max_level: int = 9,
     max_terms: int = 1 << 24,
     others: tuple[Distribution, ...] = (),
+    min_level: int = 4,
 ) -> tuple[Tensor, Tensor, str]:
     """E_{x∼dist}[f] by the exact scheme of :func:`exact_scheme`: (value, error bound, scheme).
 
     ``others``: distributions whose centres are also quadrature break points (for integrands
     that involve them, e.g. log q in KL[p ‖ q], which may have a kink at q's centre).
+    ``min_level``: the finest quadrature level to reach at least (for integrands that vanish
+    identically at the point of evaluation but not in their derivatives, such as KL at δ = 0).
     """
     scheme = exact_scheme(dist)
     dtype = _dtype_of(dist)
@@ -332,7 +380,7 @@ def expect_exact(
     elif scheme == "series":
         v, e = _series(dist, integrand, rtol, tail_tol, max_terms)
     elif scheme == "quadrature":
-        v, e = _quadrature(dist, integrand, rtol, max_level, others)
+        v, e = _quadrature(dist, integrand, rtol, max_level, others, min_level)
     else:
         raise ValueError(f"no exact expectation for {type(dist).__name__} (event shape {tuple(dist.event_shape)})")
     return v, e, scheme
