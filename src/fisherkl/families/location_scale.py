@@ -14,6 +14,7 @@ from torch.distributions import Cauchy, Distribution, Gumbel, Laplace, LogNormal
 
 from ..constraints import positive, real
 from ..model import Param
+from ..special import lgamma
 from .base import Family, Fixed, register, split
 from .distributions import Logistic
 
@@ -152,6 +153,15 @@ class GumbelFamily(LocationScale):
     def make(self, theta: Tensor) -> Distribution:
         loc, scale = split(theta)
         return Gumbel(loc, scale, validate_args=False)
+
+    def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        # KL = −log r − (μq − μp)/σq + γr + exp((μq − μp)/σq + log Γ(1 + r)) − (1 + γ), r = σp/σq
+        # (torch's formula, with fisherkl's lgamma so that its Hessian is accurate)
+        mp, sp = split(theta_p)
+        mq, sq = split(theta_q)
+        r = sp / sq
+        shift = (mq - mp) / sq
+        return -torch.log(r) - shift + EULER_GAMMA * r + torch.exp(shift + lgamma(1 + r)) - (1 + EULER_GAMMA)
 
 
 @register
