@@ -14,6 +14,10 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e ".[dev,plot,compare]"
+	# peer libraries for the comparison tests and benchmarks: --no-deps, because their declared
+	# dependencies would replace torch 2.13.0 by 2.14.1 + torchvision (none of them needs those)
+	$(PIP) install --quiet --no-deps backpack-for-pytorch==1.7.1 nngeometry==0.4 curvlinops-for-pytorch==3.0.1 \
+		einops==0.8.2 unfoldNd==0.2.3 einconv==0.1.0 opt-einsum==3.4.0 linear_operator==0.6.1
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,6 +35,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_families.py
+	$(PY) benchmarks/bench_geometry.py
+	$(PY) benchmarks/bench_nn.py
+	$(PY) benchmarks/bench_scale.py
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

@@ -35,6 +35,7 @@ def make_data(n: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
 
 WORKER = textwrap.dedent(
     """
+    import os
     import sys
     from datetime import timedelta
 
@@ -81,6 +82,10 @@ WORKER = textwrap.dedent(
     torch.save(res, out)
     dist.barrier()
     dist.destroy_process_group()
+    # skip interpreter teardown: gloo's background threads sometimes abort it ("terminate called
+    # without an active exception") after all work is done and saved
+    sys.stdout.flush()
+    os._exit(0)
     """
 )
 

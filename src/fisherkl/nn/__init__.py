@@ -10,6 +10,7 @@ from __future__ import annotations
 from . import heads
 from .approx import ApproximationReport, approximation_report
 from .checkpoint import CheckpointMismatchError
+from .engine import per_example_gradients
 from .ewc import EWC, merge_fishers
 from .fisher import REPRESENTATIONS, fisher
 from .heads import Bernoulli, CallableHead, Categorical, Gaussian, GaussianVar, Head, Poisson, get_head
@@ -39,5 +40,6 @@ __all__ = [
     "layout_of",
     "merge_fishers",
     "parameters_vector",
+    "per_example_gradients",
     "perturbed",
 ]

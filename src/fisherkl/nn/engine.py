@@ -80,10 +80,12 @@ class Engine:
             if r.kronecker and set(r.names) & self.tied:
                 r.kronecker = False
         self.check = check
+        # an nn.Sequential of plain torch layers uses each parameter only inside its own layer and keeps
+        # examples apart, so the first-batch check (``verify``) is skipped for it
+        self.separable = _separable(net) and not self.tied
         self.calls: dict[Rule, list[Call]] = {}
         self._active = False
         self._clone: set[Rule] = set()
-        self._batched_ok = True
 
     # --- hooks -----------------------------------------------------------------------------------
     def __enter__(self) -> Engine:
@@ -103,7 +105,7 @@ class Engine:
             detached = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
             kw = {k: (v.detach() if isinstance(v, Tensor) else v) for k, v in kwargs.items()}
             call = Call(detached, kw, outs)
-            call.cache["versions"] = torch.tensor([o._version for o in outs])
+            call.versions = [o._version for o in outs]
             self.calls.setdefault(rule, []).append(call)
             return _clone_tensors(out) if rule in self._clone else None  # downstream edits the copy
 
@@ -122,67 +124,74 @@ class Engine:
                 self._active = False
             if not isinstance(out, Tensor):
                 raise ParameterError(f"the network must return a tensor [n, C], got {type(out).__name__}")
-            changed = {
-                r
-                for r, cs in self.calls.items()
-                for c in cs
-                if [o._version for o in c.outs] != c.cache["versions"].tolist()
-            }
+            changed = {r for r, cs in self.calls.items() for c in cs if [o._version for o in c.outs] != c.versions}
             if not changed:
                 return out
             self._clone |= changed  # an in-place op downstream modified a recorded output: copy it
         raise FisherKLError(f"layer outputs were modified in place and could not be protected: {changed}")
 
-    def backward(self, out: Tensor, e: Tensor) -> None:
-        """Backpropagate the R cotangent rows ``e [n, R, C]`` to every recorded layer output at once."""
+    def backward(self, out: Tensor, e: Tensor, keep_graph: bool = False) -> None:
+        """Backpropagate the R cotangent rows ``e [n, R, C]`` to every recorded layer output.
+
+        One backward pass per row, through the activations only (never to the weights); each call
+        keeps the R gradients of its outputs (``Call.rows``, stacked to ``[R, n, ...]`` only when a rule
+        asks for ``Call.grads``). (This beats a vmapped backward,
+        ``is_grads_batched``, which falls back to a slow loop for convolutions and pooling.) The graph
+        is freed after the last row unless ``keep_graph``.
+        """
         calls = [c for cs in self.calls.values() for c in cs]
         targets = [o for c in calls for o in c.outs]
         rows = e.transpose(0, 1).to(out.dtype)  # [R, n, C]
-        grads: list[Tensor] | None = None
-        if self._batched_ok:
-            try:
-                grads = list(
-                    torch.autograd.grad(
-                        out, targets, rows, retain_graph=True, is_grads_batched=True, materialize_grads=True
-                    )
-                )
-            except RuntimeError:
-                self._batched_ok = False  # an op without a batching rule: one backward per row
-        if grads is None:
-            per_row = [
-                torch.autograd.grad(out, targets, rows[r], retain_graph=True, materialize_grads=True)
-                for r in range(rows.shape[0])
-            ]
-            grads = [torch.stack([pr[i] for pr in per_row]) for i in range(len(targets))]
+        n_rows = rows.shape[0]
+        per_out: list[list[Tensor]] = [[] for _ in targets]
+        for r in range(n_rows):
+            keep = keep_graph or r < n_rows - 1
+            gs = torch.autograd.grad(out, targets, rows[r], retain_graph=keep, materialize_grads=True)
+            for lst, g in zip(per_out, gs):
+                lst.append(g)
         at = 0
         for c in calls:
-            c.grads = [g.detach() for g in grads[at : at + len(c.outs)]]
+            c.set_rows(per_out[at : at + len(c.outs)])
             at += len(c.outs)
         for r, cs in self.calls.items():
             for c in cs:
                 if not c.outs:
                     raise FisherKLError(f"{r}: its output does not depend on its parameters")
 
-    def verify(self, out: Tensor, e: Tensor) -> None:
-        """Check that per-example gradients sum to the batch gradient (first row): catches layers
-        whose parameters are used outside their forward, and examples that interact."""
-        m = min(out.shape[0], 8)  # a few examples suffice, and keep the check cheap
-        row = e[:, 0].to(out.dtype).clone()
-        row[m:] = 0
-        want = torch.autograd.grad(out, self.params, row, retain_graph=True, allow_unused=True)
-        got = self.per_example(self.rules, slice(0, m), rows=1)
-        for name, w in zip(self.layout.names, want):
-            w = torch.zeros_like(self.params[self.layout.index(name)]) if w is None else w
-            g = got.get(name)
-            g = torch.zeros_like(w) if g is None else g[0].sum(0)
-            tol = 1e-4 if w.dtype == torch.float32 else 1e-8
-            if not torch.allclose(g, w, rtol=tol, atol=tol * (1 + float(w.abs().max()))):
-                owner = [r for r in self.rules if name in r.names]
-                raise RouteError(
-                    f"parameter {name!r} ({owner[0] if owner else 'no layer'}): per-example gradients do not add up to "
-                    "the batch gradient — the parameter is used outside its layer's forward, or examples interact "
-                    "(e.g. BatchNorm in training mode); use representation='implicit' or restructure the network"
-                )
+    def verify(self, x: Tensor, e: Tensor, m: int = 8) -> None:
+        """Check that per-example gradients sum to the batch gradient, on the first ``m`` examples of
+        a batch (their own forward and backward, so the check costs about m/n of the batch): catches
+        layers whose parameters are used outside their forward, and examples that interact."""
+        m = min(x.shape[0], m)
+        saved = self.calls
+        try:
+            out = self.forward(x[:m])
+            calls = [c for cs in self.calls.values() for c in cs]
+            targets = [o for c in calls for o in c.outs]
+            k = len(self.params)
+            both = torch.autograd.grad(out, self.params + targets, e[:m, 0].to(out.dtype), allow_unused=True)
+            want, at = both[:k], k
+            for c in calls:  # one row: [1, m, ...]
+                c.grads = [(torch.zeros_like(o) if g is None else g).unsqueeze(0) for o, g in zip(c.outs, both[at:])]
+                at += len(c.outs)
+            got = self.per_example(self.rules, slice(0, m))
+        finally:
+            self.calls = saved
+        names = list(self.layout.names)
+        ws = [torch.zeros_like(p) if w is None else w for p, w in zip(self.params, want)]
+        gs = [got[k][0].sum(0) if k in got else torch.zeros_like(w) for k, w in zip(names, ws)]
+        fg, fw = torch.cat([g.reshape(-1) for g in gs]), torch.cat([w.reshape(-1) for w in ws])
+        tol = 1e-4 if fw.dtype == torch.float32 else 1e-8
+        bad = (fg - fw).abs_() > tol * (1 + fw.abs().max() + fw.abs())  # one test for all parameters
+        if bool(bad.any()):
+            first = int(bad.nonzero()[0, 0])
+            name = next(k for k in names if self.layout.slice(k).start <= first < self.layout.slice(k).stop)
+            owner = [r for r in self.rules if name in r.names]
+            raise RouteError(
+                f"parameter {name!r} ({owner[0] if owner else 'no layer'}): per-example gradients do not add up to "
+                "the batch gradient — the parameter is used outside its layer's forward, or examples interact "
+                "(e.g. BatchNorm in training mode); use representation='implicit' or restructure the network"
+            )
 
     def per_example(self, rules: Iterable[Rule], sl: slice, rows: int | None = None) -> dict[str, Tensor]:
         """Per-example gradients ``{name: [R, m, *shape]}`` for examples ``sl`` (tied parameters summed)."""
@@ -195,6 +204,54 @@ class Engine:
                 calls = [_first_rows(c, rows) for c in calls]
             for k, v in r.per_example(calls, sl).items():
                 out[k] = out[k] + v if k in out else v
+        return out
+
+    def kron_gram(self, names: list[str]) -> Tensor | None:
+        """Σₙ Σᵣ gₙᵣ gₙᵣᵀ over the parameters ``names`` (flat, in that order) for the current batch, by the
+        Kronecker structure of Linear layers without weight sharing: for layers k, l the block is
+        Σₙ (Σᵣ gₙᵣᵏ gₙᵣˡᵀ) ⊗ (âₙᵏ âₙˡᵀ), n·p² work instead of n·R·p² through per-example gradients.
+
+        Returns None (use per-example gradients) unless ``names`` are exactly the parameters of such
+        layers, each layer's weight then bias, called once per batch and not tied.
+        """
+        rules = [r for r in self.rules if any(k in names for k in r.names)]
+        if not rules or [k for r in rules for k in r.names] != list(names):
+            return None
+        parts = []
+        for r in rules:
+            calls = self.calls.get(r) or []
+            if type(r) is not LinearRule or not r.kronecker or len(calls) != 1 or set(r.names) & self.tied:
+                return None
+            at = r.at(calls[0])
+            if at.shape[-1] != 1 or r.names != [k for k in (r.weight_name, r.bias_name) if k is not None]:
+                return None
+            a = at[..., 0]
+            if r.has_bias:
+                a = torch.cat([a, a.new_ones(a.shape[0], 1)], 1)
+            w = a.shape[1]
+            idx = torch.arange(r.d_out * w, device=a.device).reshape(r.d_out, w)
+            order = torch.cat([idx[:, : r.d_in].reshape(-1), idx[:, r.d_in :].reshape(-1)])  # weight, then bias
+            parts.append((a, r.gt(calls[0])[..., 0].permute(1, 2, 0), order))  # â [n, w], g [n, d_out, R]
+        size = sum(len(o) for _, _, o in parts)
+        out = torch.empty(size, size, dtype=parts[0][0].dtype, device=parts[0][0].device)
+        starts = [0]
+        for _, _, o in parts:
+            starts.append(starts[-1] + len(o))
+        n = parts[0][0].shape[0]
+        for i, (ai, gi, oi) in enumerate(parts):
+            for j in range(i, len(parts)):
+                aj, gj, oj = parts[j]
+                di, dj, wi, wj = gi.shape[1], gj.shape[1], ai.shape[1], aj.shape[1]
+                k = torch.zeros(di * dj, wi * wj, dtype=out.dtype, device=out.device)
+                step = self.chunk(1, max(di * dj, wi * wj))
+                for s in range(0, n, step):
+                    gg = torch.bmm(gi[s : s + step], gj[s : s + step].transpose(1, 2)).reshape(-1, di * dj)
+                    aa = (ai[s : s + step, :, None] * aj[s : s + step, None, :]).reshape(-1, wi * wj)
+                    k += gg.T @ aa
+                k = k.reshape(di, dj, wi, wj).permute(0, 2, 1, 3).reshape(di * wi, dj * wj)[oi][:, oj]
+                out[starts[i] : starts[i + 1], starts[j] : starts[j + 1]] = k
+                if j != i:
+                    out[starts[j] : starts[j + 1], starts[i] : starts[i + 1]] = k.T
         return out
 
     def chunk(self, r: int, width: int) -> int:
@@ -214,9 +271,9 @@ class Engine:
                 head.check(out)
                 e = cotangents(head, out, y, kind, mc_samples, gen_for(index))
                 self.backward(out, e)
-                if index == 0 and self.check:
-                    self.verify(out, e)
                 del out
+                if index == 0 and self.check and not self.separable:
+                    self.verify(x, e)
                 for s in stats:
                     s.add(self, x.shape[0])
                 total += int(x.shape[0])
@@ -226,8 +283,31 @@ class Engine:
         return total
 
 
+def per_example_gradients(
+    net: nn.Module, x: Tensor, y: Tensor, head: str | Head | Any = "categorical"
+) -> dict[str, Tensor]:
+    """Per-example gradients of the log-likelihood, ∇_w log p(yₙ | xₙ, w), as ``{name: [n, *shape]}``.
+
+    One forward and one backward through the activations; the layer rules (Linear, Conv2d: from
+    layer inputs and output gradients; other layers: torch.func on the layer alone) do the rest.
+    """
+    from .heads import get_head
+
+    h = get_head(head)
+    engine = Engine(net, check=False)
+    with engine:
+        out = engine.forward(x)
+        e = cotangents(h, h.check(out), y, "empirical", 1, None)
+        engine.backward(out, e)
+        del out
+        pe = engine.per_example(engine.rules, slice(None))
+    return {k: v[0] for k, v in pe.items()}
+
+
 def _first_rows(c: Call, rows: int) -> Call:
-    return Call(c.args, c.kwargs, c.outs, [g[:rows] for g in c.grads], c.cache)
+    out = Call(c.args, c.kwargs, c.outs, cache=c.cache)
+    out.set_rows([r[:rows] for r in c.rows])
+    return out
 
 
 def _clone_tensors(out: Any) -> Any:
@@ -238,6 +318,39 @@ def _clone_tensors(out: Any) -> Any:
     if isinstance(out, list):
         return [_clone_tensors(o) for o in out]
     return out
+
+
+_SEPARABLE = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Softplus,
+    nn.Identity,
+    nn.Dropout,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+)
+
+
+def _separable(m: nn.Module) -> bool:
+    """True for an nn.Sequential (nested) of exactly these torch layers (not subclasses, whose forward
+    could use other parameters), with Flatten keeping the batch dimension."""
+    if type(m) is nn.Sequential:
+        return all(_separable(c) for c in m.children())
+    if type(m) is nn.Flatten:
+        return m.start_dim >= 1
+    return type(m) in _SEPARABLE
 
 
 def _refuse_batch_coupling(name: str, m: nn.Module) -> None:

@@ -86,8 +86,9 @@ def fisher(
         Randomness of ``kind="mc"`` (labels are drawn per batch from a seed, so an implicit Fisher
         reuses the same labels in every product).
     check:
-        Verify on the first batch that per-example gradients add up to the batch gradient (catches
-        parameters used outside their layer's forward and examples that interact).
+        Verify on 8 examples of the first batch that per-example gradients add up to the batch gradient
+        (catches parameters used outside their layer's forward and examples that interact). Skipped for
+        an ``nn.Sequential`` of plain torch layers without tied weights, which can do neither.
     distributed, group, shard:
         ``distributed=True``: every rank of the initialised ``torch.distributed`` process ``group``
         (default: the world) calls ``fisher`` with the same arguments and gets the same Fisher, the

@@ -45,18 +45,20 @@ def fisher_mm(
             e = None
             for j in range(v.shape[1]):
                 tangents = layout.unflatten(v[:, j], "list")
-                with torch.enable_grad(), fwAD.dual_level(), preserved_parameters(net):
-                    duals = {n: fwAD.make_dual(p, t) for (n, p), t in zip(leaves.items(), tangents)}
-                    f, u = fwAD.unpack_dual(functional_call(net, duals, (x,)))
+                with torch.enable_grad(), preserved_parameters(net):
+                    with fwAD.dual_level():
+                        duals = {n: fwAD.make_dual(p, t) for (n, p), t in zip(leaves.items(), tangents)}
+                        f, u = fwAD.unpack_dual(functional_call(net, duals, (x,)))
+                        u = torch.zeros_like(f) if u is None else u.detach()
+                    # backward after the dual level is closed: inside it, every backward op would also
+                    # push tangents forward through the saved (dual) tensors, about doubling its cost
                     head.check(f)
-                    if u is None:
-                        u = torch.zeros_like(f)
                     if kind == "exact":
-                        w = head.fisher_mv(f.detach(), u.detach())
+                        w = head.fisher_mv(f.detach(), u)
                     else:
                         if e is None:
                             e = cotangents(head, f, y, kind, mc_samples, gen_for(index)).to(f.dtype)
-                        w = (e * (e @ u.detach().unsqueeze(-1))).sum(1)
+                        w = (e * (e @ u.unsqueeze(-1))).sum(1)
                     grads = torch.autograd.grad(f, list(leaves.values()), w, allow_unused=True, materialize_grads=True)
                 out[:, j] += torch.cat([g.reshape(-1) for g in grads])
             total += int(x.shape[0])

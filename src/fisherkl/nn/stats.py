@@ -86,6 +86,13 @@ class BlockStat:
         self.count = 0
 
     def add(self, engine: Engine, n: int) -> None:
+        # Linear layers without weight sharing: the Kronecker-structured Gram, n·p² instead of n·R·p²
+        grams = [engine.kron_gram(g) for g in self.groups]
+        if all(k is not None for k in grams):
+            for j, k in enumerate(grams):
+                self.sum[j] += k
+            self.count += n
+            return
         rows = next(iter(engine.calls.values()))[0].grads[0].shape[0] if engine.calls else 1
         for sl in _slices(n, engine.chunk(rows, max(len(i) for i in self.index))):
             pe = engine.per_example(engine.rules, sl)
