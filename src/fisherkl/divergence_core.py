@@ -62,7 +62,7 @@ def _divergence(
         if method in ("auto", "closed"):
             value = closed(tp, tq)
             if value is not None:
-                return Estimate(value, torch.zeros_like(value), "closed")
+                return Estimate(value, value.new_zeros(()).expand_as(value), "closed")
             if method == "closed":
                 raise RouteError(f"{model.name}: no closed-form {what}; use method='exact' or 'mc'")
         p = model.distribution(tp)

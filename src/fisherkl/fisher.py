@@ -67,14 +67,14 @@ def fisher(
     if expectation not in ("auto", "exact", "mc"):
         raise RouteError(f"unknown expectation {expectation!r}; choose 'auto', 'exact' or 'mc'")
     with no_argument_validation():
+        value = model.closed_fisher(theta) if method in ("auto", "closed") else None
         if method == "auto":
-            method = auto_method(model, theta)  # type: ignore[assignment]
+            method = "closed" if value is not None else auto_method(model, theta)  # type: ignore[assignment]
         if method == "closed":
-            value = model.closed_fisher(theta)
             if value is None:
                 routes = ", ".join(available_routes(model, theta))
                 raise RouteError(f"{model.name}: no closed-form Fisher; available routes: {routes}")
-            est = Estimate(value, torch.zeros_like(value), "closed")
+            est = Estimate(value, value.new_zeros(()).expand_as(value), "closed")
         elif method in ("kl_hessian", "jeffreys_hessian"):
             est = _kl_route(model, theta, method, n_samples, seed)
         else:

@@ -52,7 +52,8 @@ def no_argument_validation() -> Iterator[None]:
 
 def check_not_nan(model: Model, value: Tensor, what: str) -> Tensor:
     """Refuse to return a NaN: say which model and quantity produced it."""
-    if bool(torch.isnan(value).any()):
+    total = value.detach().sum()  # one pass; NaN if any entry is (or if +inf meets −inf: then look closer)
+    if not bool(torch.isfinite(total)) and bool(torch.isnan(value).any()):
         raise FisherKLError(
             f"{model.name}: {what} came out NaN; the model's log-density is not finite or not "
             "differentiable there — check its parameter constraints (Model(..., constraints=...))"

@@ -19,7 +19,7 @@ _SHIFT = 12
 _B2K = (1 / 6, -1 / 30, 1 / 42, -1 / 30, 5 / 66, -691 / 2730, 7 / 6, -3617 / 510)
 
 
-_CHUNK = 32768  # elements per pass, so the ~40 elementwise passes stay in cache
+_CHUNK = 65536  # elements per pass, so the ~40 elementwise passes stay in cache (fastest measured here)
 
 
 def _polygamma_value(n: int, x: Tensor) -> Tensor:
