@@ -16,10 +16,9 @@ import argparse
 import time
 
 import torch
-from sklearn.datasets import load_digits
-from torch import nn
 
 from fisherkl.nn.approx import approximation_report
+from fisherkl.nn.digits import digits_mlp, load_digits_split, train_classifier
 
 
 def main() -> None:
@@ -31,25 +30,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
 
-    x, y = load_digits(return_X_y=True)
-    x = torch.tensor(x / 16.0, dtype=torch.float32)
-    y = torch.tensor(y)
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    x, y = x[perm][:1437], y[perm][:1437]
-
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 10))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    g = torch.Generator().manual_seed(1)
-    for _ in range(20):
-        order = torch.randperm(len(y), generator=g)
-        for i in range(0, len(y), 64):
-            idx = order[i : i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
-            opt.step()
-    with torch.no_grad():
-        train_loss = float(nn.functional.cross_entropy(net(x), y))
+    (x, y), _ = load_digits_split(seed=0)
+    net = digits_mlp(seed=0)
+    train_loss = train_classifier(net, x, y, epochs=20)
     print(f"trained: train loss {train_loss:.4f} ({time.perf_counter() - t0:.1f}s)\n")
 
     report = approximation_report(

@@ -17,10 +17,10 @@ import statistics
 import time
 
 import torch
-from sklearn.datasets import load_digits
 from torch import Tensor, nn
 
 import fisherkl.nn as fnn
+from fisherkl.nn.digits import load_digits_split
 from fisherkl.nn.ewc import EWC
 
 
@@ -68,17 +68,12 @@ class TaskHead(fnn.Categorical):
 
 
 def load(seed: int = 0):
-    x, y = load_digits(return_X_y=True)
-    x = torch.tensor(x / 16.0, dtype=torch.float32)
-    y = torch.tensor(y)
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    x, y = x[perm], y[perm]
-    n_train = 1437
+    (x_tr, y_tr), (x_te, y_te) = load_digits_split(seed)
     tasks = []
     for lo in (0, 5):
-        tr = (y[:n_train] >= lo) & (y[:n_train] < lo + 5)
-        te = (y[n_train:] >= lo) & (y[n_train:] < lo + 5)
-        tasks.append(((x[:n_train][tr], y[:n_train][tr]), (x[n_train:][te], y[n_train:][te])))
+        tr = (y_tr >= lo) & (y_tr < lo + 5)
+        te = (y_te >= lo) & (y_te < lo + 5)
+        tasks.append(((x_tr[tr], y_tr[tr]), (x_te[te], y_te[te])))
     return tasks
 
 

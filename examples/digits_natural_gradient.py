@@ -17,25 +17,14 @@ import statistics
 import time
 
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 
 from fisherkl.errors import FisherKLError
+from fisherkl.nn.digits import digits_mlp, load_digits_split
 from fisherkl.nn.optim import NaturalGradient
 
-
-def load(seed: int = 0):
-    x, y = load_digits(return_X_y=True)
-    x = torch.tensor(x / 16.0, dtype=torch.float32)
-    y = torch.tensor(y)
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    x, y = x[perm], y[perm]
-    return (x[:1437], y[:1437]), (x[1437:], y[1437:])
-
-
-def mlp(seed: int) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 10))
+load = load_digits_split
+mlp = digits_mlp
 
 
 MAX_KL = 1e-3  # NaturalGradient's KL trust region per step (nats)

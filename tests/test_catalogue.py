@@ -21,32 +21,11 @@ from scipy import integrate, special, stats
 
 import fisherkl
 from fisherkl.cli import main
+from helpers import rel_err, t64
 
 F64 = torch.float64
 EULER = float(np.euler_gamma)
 HYPOTHESIS = settings(max_examples=5, deadline=None, derandomize=True, phases=[Phase.generate])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tests evaluate thousands of tiny tensor expressions: with torch's default intra-op
-    threads on a shared 2-core machine, thread hand-offs cost 10–20× the work itself. Results
-    do not depend on it; the previous setting is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def t64(values) -> torch.Tensor:
-    return torch.tensor(values, dtype=F64)
-
-
-def rel_err(a, b) -> float:
-    a = a.detach().numpy() if isinstance(a, torch.Tensor) else np.asarray(a, dtype=float)
-    b = b.detach().numpy() if isinstance(b, torch.Tensor) else np.asarray(b, dtype=float)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 def quad(f, lo: float, hi: float, points=()) -> float:

@@ -31,17 +31,6 @@ EXAMPLES = 6  # hypothesis examples per family configuration
 EULER = float(np.euler_gamma)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """These tests evaluate thousands of tiny tensor expressions: with torch's default intra-op
-    threads on a shared 2-core machine, thread hand-offs cost 10–20× the work itself. Results
-    do not depend on it; the previous setting is restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # --------------------------------------------------------------------------------------------------
 # Independent closed forms (DESIGN.md, "Facts to test against"), numpy + scipy.special only.
 # --------------------------------------------------------------------------------------------------

@@ -225,30 +225,12 @@ def _network_html(text: str) -> str:
 
 def _network_section(plots: bool) -> tuple[str, bytes | None]:
     """Train the digits MLP and run the approximation report on it."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as exc:
-        raise FisherKLError("the network section needs scikit-learn (pip install scikit-learn)") from exc
-    from torch import nn
-
     from .nn.approx import approximation_report
+    from .nn.digits import digits_mlp, load_digits_split, train_classifier
 
-    x_np, y_np = load_digits(return_X_y=True)
-    x = torch.tensor(x_np / 16.0, dtype=torch.float32)
-    y = torch.tensor(y_np)
-    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
-    x, y = x[perm], y[perm]
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(64, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 10))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    g = torch.Generator().manual_seed(1)
-    for _ in range(10):
-        order = torch.randperm(len(y), generator=g)
-        for i in range(0, len(y), 64):
-            idx = order[i : i + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
-            opt.step()
+    (x, y), _ = load_digits_split(seed=0, n_train=1797)
+    net = digits_mlp(seed=0)
+    train_classifier(net, x, y, epochs=10)
     report = approximation_report(
         net,
         (x[:400], y[:400]),
