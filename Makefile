@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench install clean browser
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/fisherkl report --network --out fisherkl-report
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(PY) -m pytest -q
+
+# headless Chromium for the report's browser test (Debian's package, installed when missing and
+# possible; otherwise that one test is skipped with its reason)
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    apt-get update -qq >/dev/null 2>&1 && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1; } || \
+	  echo "chromium not available: the report's browser test will be skipped"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks examples
