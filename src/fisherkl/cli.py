@@ -171,7 +171,7 @@ def cmd_kl(args: argparse.Namespace) -> None:
     quad = float(delta @ info @ delta)
     with no_argument_validation():
         route = auto_method(f, theta) if f.regular else "none"
-    result = {
+    result: dict[str, Any] = {
         "family": f.name,
         "theta": theta.tolist(),
         "delta": delta.tolist(),

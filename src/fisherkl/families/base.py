@@ -45,7 +45,7 @@ class Family(Model):
     KL defaults to torch's registry; subclasses may override :meth:`kl_formula`.
     """
 
-    name: ClassVar[str] = ""
+    name: str = ""
     torch_name: ClassVar[str] = ""
     fixed: ClassVar[dict[str, Fixed]] = {}
     typical_theta: ClassVar[tuple[float, ...]] = ()
