@@ -166,3 +166,50 @@ def test_cli_bad_arguments_exit_2_with_one_line(argv, words, capsys):
     assert words in err, err
     assert "Traceback" not in err
     assert len(err.strip().splitlines()) <= 3  # argparse adds a usage line; ours is one line
+
+
+def test_wrong_kinds_of_argument_are_named():
+    with pytest.raises(TypeError, match=r"model must be a fisherkl.Model.*fisherkl.family\('gamma'\)"):
+        fk.fisher("gamma", torch.ones(2, dtype=F64))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"model must be a fisherkl\.Model"):
+        fk.kl(None, torch.ones(2), torch.ones(2))  # type: ignore[arg-type]
+    with pytest.raises(fk.ParameterError, match="family name must be a string"):
+        fk.family(None)  # type: ignore[arg-type]
+    with pytest.raises(fk.ParameterError, match="boolean"):
+        fk.fisher(fk.family("gamma"), torch.tensor([True, True]))
+    with pytest.raises(TypeError, match=r"must return a torch\.distributions\.Distribution, got Tensor"):
+        fk.fisher(fk.Model(lambda t: t, 2), torch.ones(2, dtype=F64))  # type: ignore[arg-type,return-value]
+
+
+def test_extreme_parameters_refuse_rather_than_return_zero():
+    # Kumaraswamy(1e-3, 1e4): all mass within 1e-4000 of 0, beyond float64 nodes
+    with pytest.raises(fk.ConvergenceError, match="probability mass"):
+        fk.fisher(fk.family("kumaraswamy"), torch.tensor([1e-3, 1e4], dtype=F64), "score")
+
+
+def test_geometric_kl_is_stable_for_small_p():
+    g = fk.family("geometric")
+    p = torch.tensor([1e-12], dtype=F64)
+    assert float(fk.kl(g, p, p)) == 0.0
+    # KL(p‖q) = log(p/q) + ((1−p)/p) log((1−p)/(1−q)) ≈ (r − 1 − log r) for tiny p, r = q/p
+    r = 1.01
+    assert float(fk.kl(g, p, p * r)) == pytest.approx(r - 1 - math.log(r), rel=1e-6)
+
+
+def test_distance_between_equal_points_has_zero_gradient():
+    t = torch.tensor([0.0, 1.0], dtype=F64, requires_grad=True)
+    fk.fisher_rao_distance(fk.family("normal"), t, torch.tensor([0.0, 1.0], dtype=F64)).backward()
+    assert torch.equal(t.grad, torch.zeros(2, dtype=F64))
+
+
+def test_cli_kl_for_a_non_regular_family_prints_the_exact_divergences(capsys):
+    assert main(["kl", "uniform", "--theta", "0,1", "--delta", "0.1,0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "inf" in out and "no Fisher information" in out
+
+
+def test_cli_duplicate_block_and_none_fixed(capsys):
+    assert main(["fisher", "mvn", "--fixed", "k=2", "--theta", "loc=0,1; loc=5,5; scale_tril=1,0.3,2"]) == 2
+    assert "given twice" in capsys.readouterr().err
+    assert main(["fisher", "pareto", "--fixed", "scale=None", "--theta", "1,2.5"]) == 2
+    assert "support" in capsys.readouterr().err

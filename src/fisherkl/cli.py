@@ -54,6 +54,9 @@ def _fixed(items: Sequence[str]) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep:
             raise UsageError(f"--fixed takes NAME=VALUE, got {item!r}")
+        if value.strip().lower() == "none":
+            out[key.strip()] = None
+            continue
         try:
             out[key.strip()] = float(value) if "." in value or "e" in value.lower() else int(value)
         except ValueError:
@@ -86,6 +89,8 @@ def _blocks(model: Family, text: str, what: str) -> list[float]:
         if not sep or key not in bases:
             known = ", ".join(dict.fromkeys(bases))
             raise UsageError(f"{what}: unknown parameter block {key!r} for {model.name} (blocks: {known})")
+        if key in given:
+            raise UsageError(f"{what}: block {key} given twice")
         given[key] = _vector(vals, f"{what} {key}")
     out: list[float] = []
     for base in dict.fromkeys(bases):
@@ -166,9 +171,12 @@ def cmd_kl(args: argparse.Namespace) -> None:
     if delta.numel() != f.dim:
         raise UsageError(f"--delta for {f.name} needs {f.dim} values, got {delta.numel()}")
     other = _theta(f, ",".join(str(v) for v in (theta + delta).tolist()), "theta+delta")
-    info = fisher(f, theta)
-    assert isinstance(info, torch.Tensor)
-    quad = float(delta @ info @ delta)
+    if f.regular:
+        info = fisher(f, theta)
+        assert isinstance(info, torch.Tensor)
+        quad = float(delta @ info @ delta)
+    else:  # no Fisher information: the divergences are still exact
+        quad = math.nan
     with no_argument_validation():
         route = auto_method(f, theta) if f.regular else "none"
     result: dict[str, Any] = {
@@ -181,13 +189,17 @@ def cmd_kl(args: argparse.Namespace) -> None:
         "jeffreys": float(jeffreys(f, theta, other)),  # type: ignore[arg-type]
         "jeffreys_quadratic": quad,
     }
-    pearson = chi2(f, theta, other, return_error=True, seed=0)
-    assert isinstance(pearson, Estimate)
-    result["chi2"] = float(pearson.value)
-    result["chi2_method"] = pearson.method
-    result["chi2_error"] = float(pearson.error)
+    try:
+        pearson = chi2(f, theta, other, return_error=True, seed=0)
+        assert isinstance(pearson, Estimate)
+        result["chi2"], result["chi2_method"] = float(pearson.value), pearson.method
+        result["chi2_error"] = float(pearson.error)
+    except FisherKLError as exc:  # the other rows stand on their own
+        result["chi2"], result["chi2_method"], result["chi2_error"] = math.nan, f"failed: {exc}", math.nan
     result["kl_ratio"] = result["kl"] / result["kl_quadratic"] if quad > 0 else math.nan
     result["jeffreys_ratio"] = result["jeffreys"] / quad if quad > 0 else math.nan
+    if not f.regular:
+        result["note"] = "non-regular model: no Fisher information, so no quadratic forms"
     if args.json:
         print(json.dumps(result, indent=2))
         return
@@ -198,7 +210,11 @@ def cmd_kl(args: argparse.Namespace) -> None:
     ratio = result["jeffreys_ratio"]
     print(f"  δᵀI(θ)δ              {_fmt(result['jeffreys_quadratic']):>20}   ratio J/(δᵀIδ)    = {ratio:.6f}")
     how = "" if result["chi2_method"] != "mc" else f"   (Monte Carlo, standard error {result['chi2_error']:.2g})"
+    if str(result["chi2_method"]).startswith("failed"):
+        how = f"   ({result['chi2_method']})"
     print(f"  Pearson χ²           {_fmt(result['chi2']):>20}{how}")
+    if "note" in result:
+        print(f"  ({result['note']})")
 
 
 def _fmt_vec(v: Sequence[float]) -> str:

@@ -23,13 +23,13 @@ from .divergence_core import divergence, log_ratio, pearson
 from .errors import ParameterError
 from .estimate import Estimate
 from .fisher import Method, fisher
-from .model import Model, as_parameter_tensor
+from .model import Model, as_parameter_tensor, require_model
 
 DivMethod = Literal["auto", "closed", "exact", "mc"]
 
 
 def _pair(model: Model, theta_p: Any, theta_q: Any) -> tuple[Tensor, Tensor]:
-    tp = model.validate(theta_p, "theta_p")
+    tp = require_model(model, "divergence").validate(theta_p, "theta_p")
     tq = model.validate(theta_q, "theta_q")
     dtype = torch.promote_types(tp.dtype, tq.dtype)
     tp, tq = tp.to(dtype), tq.to(dtype=dtype, device=tp.device)
@@ -102,7 +102,7 @@ def chi2(
 
 
 def _quadratic(model: Model, theta: Any, delta: Any, method: Method, at: str = "start") -> Tensor:
-    t = model.validate(theta)
+    t = require_model(model, "quadratic form").validate(theta)
     d = as_parameter_tensor(delta, "delta", like=t)
     if d.ndim == 0 and model.dim == 1:
         d = d.reshape(1)

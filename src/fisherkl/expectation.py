@@ -283,6 +283,13 @@ def _quadrature(
             # out of reach): then the value is returned with that difference as its error
             stalled = level == max_level and rel <= _STALL_RTOL
             if (rel <= rtol and level >= min_level) or stalled:
+                if bool(((1 - mass.detach()).abs() > 1e-3).any()):
+                    raise ConvergenceError(
+                        f"quadrature: the nodes hold only {float(mass.detach().min()):.3g} of the probability "
+                        "mass (it sits where float64 nodes cannot reach, e.g. within 1e-300 of an end); "
+                        "the parameters are too extreme for an exact expectation — use expectation='mc' or "
+                        "a closed form"
+                    )
                 # mass the nodes cannot reach (within one ulp of a finite end, beyond the last node of
                 # an infinite one) times the integrand's size there: where that mass is more than
                 # rounding, the integrand at the outermost (lightest) nodes stands in for it

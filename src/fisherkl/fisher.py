@@ -29,7 +29,7 @@ from .divergence_core import divergence, log_ratio
 from .errors import NonRegularModelError, RouteError
 from .estimate import Estimate
 from .expectation import exact_scheme, expect_exact, expect_mc
-from .model import Model, check_not_nan, no_argument_validation
+from .model import Model, check_not_nan, no_argument_validation, require_model
 
 Method = Literal["auto", "closed", "kl_hessian", "jeffreys_hessian", "score", "neg_hessian"]
 Expectation = Literal["auto", "exact", "mc"]
@@ -60,7 +60,7 @@ def fisher(
     for invalid θ, :class:`~fisherkl.errors.NonRegularModelError` for non-regular models, and
     :class:`~fisherkl.errors.RouteError` when the requested route does not exist for the model.
     """
-    theta = model.validate(theta)
+    theta = require_model(model, "fisher").validate(theta)
     require_regular(model)
     if method not in METHODS:
         raise RouteError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")

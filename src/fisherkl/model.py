@@ -50,6 +50,14 @@ def no_argument_validation() -> Iterator[None]:
         Distribution.set_default_validate_args(old)
 
 
+def require_model(model: Any, where: str) -> Model:
+    """``model`` if it is a fisherkl Model, else a TypeError saying what to pass."""
+    if not isinstance(model, Model):
+        hint = f" (use fisherkl.family({model!r}))" if isinstance(model, str) else ""
+        raise TypeError(f"{where}: model must be a fisherkl.Model or family, got {type(model).__name__}{hint}")
+    return model
+
+
 def check_not_nan(model: Model, value: Tensor, what: str) -> Tensor:
     """Refuse to return a NaN: say which model and quantity produced it."""
     total = value.detach().sum()  # one pass; NaN if any entry is (or if +inf meets −inf: then look closer)
@@ -73,6 +81,8 @@ def as_parameter_tensor(value: Any, what: str = "theta", like: Tensor | None = N
     if not (t.is_floating_point()):
         if t.is_complex():
             raise ParameterError(f"{what} must be real, got a complex tensor")
+        if t.dtype == torch.bool:
+            raise ParameterError(f"{what} must be numeric, got a boolean tensor")
         dtype = like.dtype if like is not None else torch.get_default_dtype()
         t = t.to(dtype)
     if like is not None and (t.dtype != like.dtype or t.device != like.device):
@@ -206,11 +216,17 @@ class Model:
     def distribution(self, theta: Tensor) -> Distribution:
         """The distribution at θ, without validating θ (internal; θ must be valid)."""
         try:
-            return self._fn(theta)
+            dist = self._fn(theta)
         except ParameterError:
             raise
         except (ValueError, RuntimeError) as exc:
             raise ParameterError(f"{self.name}: the model rejected theta: {exc}") from exc
+        if not isinstance(dist, Distribution):
+            raise TypeError(
+                f"{self.name}: the model function must return a torch.distributions.Distribution, "
+                f"got {type(dist).__name__}"
+            )
+        return dist
 
     def log_prob(self, theta: Any, x: Tensor) -> Tensor:
         """log p(x | θ), broadcasting x against θ's batch shape."""

@@ -18,7 +18,7 @@ from torch.distributions import Distribution, biject_to
 from .constraints import Constraint, real
 from .derivatives import rows_of_jacobian
 from .errors import ParameterError
-from .model import Model, as_parameter_tensor
+from .model import Model, as_parameter_tensor, require_model
 
 Transform = Callable[[Tensor], Tensor]
 
@@ -109,6 +109,7 @@ def reparametrize(
     >>> m = fisherkl.reparametrize(fisherkl.family("normal"), lambda p: torch.stack([p[..., 0], p[..., 1].exp()], -1),
     ...                            names=["loc", "log_scale"])
     """
+    require_model(model, "reparametrize")
     if not callable(transform):
         raise TypeError(f"reparametrize: transform must be callable, got {type(transform).__name__}")
     return Reparametrized(model, transform, dim, names, constraints)

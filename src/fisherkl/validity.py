@@ -74,6 +74,8 @@ def validity_radius(
     if th.ndim != 1:
         raise ParameterError(f"{model.name}: validity_radius takes one θ of shape [{model.dim}], got {tuple(th.shape)}")
     u = _delta(model, th, direction)
+    if not bool((u != 0).any()):
+        raise ParameterError(f"{model.name}: direction must be non-zero, got {u.tolist()}")
     info = fisher(model, th)
     assert isinstance(info, Tensor)
     quad = float(u @ info @ u)

@@ -22,6 +22,8 @@ def names() -> list[str]:
 
 def family(name: str, **fixed: Any) -> Family:
     """The family called ``name``, with fixed arguments (e.g. ``total_count=20``, ``k=4``)."""
+    if not isinstance(name, str):
+        raise ParameterError(f"family name must be a string, got {name!r}; known families: {', '.join(names())}")
     try:
         cls = _REGISTRY[name.lower()]
     except KeyError:

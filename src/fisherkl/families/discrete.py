@@ -91,6 +91,12 @@ class GeometricFamily(OneProbability):
     def fisher_formula(self, theta: Tensor) -> Tensor:
         return 1 / (theta.square() * (1 - theta)).unsqueeze(-1)
 
+    def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        # KL = log(p/q) + ((1 − p)/p)·log((1 − p)/(1 − q)), written with log1p so that it stays exact
+        # for small p (torch's form subtracts O(1/p) terms: KL(θ, θ) = 3e-3 at p = 1e-12)
+        p, q = theta_p[..., 0], theta_q[..., 0]
+        return torch.log(p) - torch.log(q) + (1 - p) / p * (torch.log1p(-p) - torch.log1p(-q))
+
 
 @register
 class PoissonFamily(Family):

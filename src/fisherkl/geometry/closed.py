@@ -77,8 +77,8 @@ def location_scale_distance(mu1: Tensor, s1: Tensor, mu2: Tensor, s2: Tensor, a:
     big_b = e - c * c / a
     du = (mu1 - mu2) + (c / a) * (s1 - s2)
     z = ((a / big_b) * du.square() + (s1 - s2).square()) / (2 * s1 * s2)
-    # arccosh(1 + z) = log1p(z + √(z(z + 2))): accurate for small z
-    return math.sqrt(big_b) * torch.log1p(z + torch.sqrt(z * (z + 2)))
+    # arccosh(1 + z) = log1p(z + √(z(z + 2))): accurate for small z; zero (sub)gradient at z = 0
+    return math.sqrt(big_b) * torch.log1p(z + _safe_sqrt(z * (z + 2)))
 
 
 @register_distance("normal", "lognormal", "laplace", "cauchy", "logistic", "gumbel", "studentt")
@@ -92,6 +92,12 @@ def _weibull(model: Model, t1: Tensor, t2: Tensor) -> Tensor:
     c = 1 - EULER_GAMMA
     e = c * c + math.pi**2 / 6
     return location_scale_distance(t1[..., 0].log(), 1 / t1[..., 1], t2[..., 0].log(), 1 / t2[..., 1], 1.0, c, e)
+
+
+def _safe_sqrt(x: Tensor) -> Tensor:
+    """√x with gradient 0 (not NaN) at x = 0: distances between equal points stay differentiable."""
+    positive = x > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, x, torch.ones_like(x))), torch.zeros_like(x))
 
 
 def _arcsin_sqrt(p: Tensor) -> Tensor:
@@ -184,7 +190,7 @@ def mvn_equal_means(scale_tril1: Tensor, scale_tril2: Tensor) -> Tensor:
     # Σ₁⁻¹Σ₂ is similar to C Cᵀ with C = L₁⁻¹ L₂
     c = torch.linalg.solve_triangular(scale_tril1, scale_tril2, upper=False)
     lam = torch.linalg.eigvalsh(c @ c.transpose(-1, -2))
-    return torch.sqrt(0.5 * lam.log().square().sum(-1))
+    return _safe_sqrt(0.5 * lam.log().square().sum(-1))
 
 
 @register_distance("mvn")
