@@ -213,3 +213,19 @@ def test_cli_duplicate_block_and_none_fixed(capsys):
     assert "given twice" in capsys.readouterr().err
     assert main(["fisher", "pareto", "--fixed", "scale=None", "--theta", "1,2.5"]) == 2
     assert "support" in capsys.readouterr().err
+
+
+def test_von_mises_stays_accurate_at_large_concentration():
+    from scipy import special
+
+    v = fk.family("vonmises")
+    for kappa in (1e4, 1e8, 1e13):
+        # A′(κ) = 1 − A/κ − A² ~ 1/(2κ²) + 1/(4κ³): the direct form cancels to garbage here
+        expected = 1 / (2 * kappa**2) + 1 / (4 * kappa**3) + 3 / (8 * kappa**4)
+        info = fk.fisher(v, torch.tensor([0.0, kappa], dtype=F64))
+        assert float(info[1, 1]) == pytest.approx(expected, rel=1e-9)
+        a = special.i1e(kappa) / special.i0e(kappa)
+        assert float(info[0, 0]) == pytest.approx(kappa * a, rel=1e-12)
+    t = torch.tensor([0.0, 1e13], dtype=F64)
+    assert float(fk.kl(v, t, t)) == 0.0
+    assert float(fk.kl(v, t, t * 1.01)) > 0

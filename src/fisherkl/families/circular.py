@@ -9,7 +9,13 @@ from torch.distributions import Distribution
 from ..constraints import positive, real
 from ..model import Param
 from .base import Family, diag_matrix, register, split
-from .distributions import AccurateVonMises, bessel_ratio, log_i0
+from .distributions import (
+    AccurateVonMises,
+    bessel_ratio,
+    bessel_ratio_complement,
+    bessel_ratio_derivative,
+    log_i0e,
+)
 
 
 @register
@@ -30,11 +36,12 @@ class VonMisesFamily(Family):
 
     def fisher_formula(self, theta: Tensor) -> Tensor:
         _, kappa = split(theta)
-        a = bessel_ratio(kappa)
-        return diag_matrix(kappa * a, 1 - a / kappa - a.square())
+        return diag_matrix(kappa * bessel_ratio(kappa), bessel_ratio_derivative(kappa))
 
     def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
-        # KL = log I₀(κq) − log I₀(κp) + A(κp)(κp − κq cos(μp − μq))
+        # KL = log I₀(κq) − log I₀(κp) + A(κp)(κp − κq cos Δ), Δ = μp − μq, rearranged without
+        # cancellation for large κ: log i0e(κq) − log i0e(κp) + (κq − κp)(1 − A) + 2Aκq sin²(Δ/2)
         mp, kp = split(theta_p)
         mq, kq = split(theta_q)
-        return log_i0(kq) - log_i0(kp) + bessel_ratio(kp) * (kp - kq * torch.cos(mp - mq))
+        c = bessel_ratio_complement(kp)
+        return log_i0e(kq) - log_i0e(kp) + (kq - kp) * c + 2 * (1 - c) * kq * torch.sin((mp - mq) / 2).square()

@@ -110,17 +110,70 @@ class AccurateVonMises(VonMises):
 
     def log_prob(self, value: Tensor) -> Tensor:
         kappa = self.concentration
-        return kappa * (torch.cos(value - self.loc) - 1) - math.log(2 * math.pi) - torch.log(torch.special.i0e(kappa))
+        return -2 * kappa * torch.sin((value - self.loc) / 2).square() - math.log(2 * math.pi) - log_i0e(kappa)
 
 
-def log_i0(kappa: Tensor) -> Tensor:
-    """log I₀(κ), accurate for small and large κ, differentiable twice."""
-    return torch.log(torch.special.i0e(kappa)) + kappa
+# asymptotic series in x = 1/κ (from I_ν(κ) ~ e^κ/√(2πκ) Σ (−1)^k a_k(ν)/κ^k), used for κ > 50
+_ONE_MINUS_A = (0, 1 / 2, 1 / 8, 1 / 8, 25 / 128, 13 / 32, 1073 / 1024, 103 / 32, 375733 / 32768, 23797 / 512)
+_A_PRIME = (0, 0, 1 / 2, 1 / 4, 3 / 8, 25 / 32, 65 / 32, 3219 / 512, 721 / 32, 375733 / 4096, 214173 / 512)
+_LARGE_KAPPA = 50.0
+
+
+def _poly(coeffs: tuple[float, ...], x: Tensor) -> Tensor:
+    out = torch.zeros_like(x)
+    for c in reversed(coeffs):
+        out = out * x + c
+    return out
+
+
+def _split_kappa(kappa: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(mask of large κ, κ safe for the direct branch, 1/κ safe for the series branch)."""
+    large = kappa > _LARGE_KAPPA
+    direct = torch.where(large, torch.ones_like(kappa), kappa)
+    inv = 1 / torch.where(large, kappa, torch.full_like(kappa, 2 * _LARGE_KAPPA))
+    return large, direct, inv
+
+
+def bessel_ratio_complement(kappa: Tensor) -> Tensor:
+    """1 − A(κ) = 1 − I₁(κ)/I₀(κ), without cancellation for large κ."""
+    large, direct, inv = _split_kappa(kappa)
+    return torch.where(large, _poly(_ONE_MINUS_A, inv), 1 - torch.special.i1e(direct) / torch.special.i0e(direct))
 
 
 def bessel_ratio(kappa: Tensor) -> Tensor:
     """A(κ) = I₁(κ)/I₀(κ), the mean resultant length of a von Mises distribution."""
-    return torch.special.i1e(kappa) / torch.special.i0e(kappa)
+    return 1 - bessel_ratio_complement(kappa)
+
+
+def bessel_ratio_derivative(kappa: Tensor) -> Tensor:
+    """A′(κ) = 1 − A/κ − A² = Var(cos(x − μ)) > 0, by its asymptotic series for κ > 50."""
+    large, direct, inv = _split_kappa(kappa)
+    a = torch.special.i1e(direct) / torch.special.i0e(direct)
+    return torch.where(large, _poly(_A_PRIME, inv), 1 - a / direct - a.square())
+
+
+class _LogI0e(torch.autograd.Function):
+    """log(e^{−κ} I₀(κ)) whose derivative −(1 − A(κ)) is computed without cancellation."""
+
+    @staticmethod
+    def forward(ctx: Any, kappa: Tensor) -> Tensor:
+        ctx.save_for_backward(kappa)
+        return torch.log(torch.special.i0e(kappa))
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        (kappa,) = ctx.saved_tensors
+        return -grad * bessel_ratio_complement(kappa)
+
+
+def log_i0e(kappa: Tensor) -> Tensor:
+    """log(e^{−κ} I₀(κ)), differentiable to any order with accurate derivatives for large κ."""
+    return _LogI0e.apply(kappa)  # type: ignore[no-any-return]
+
+
+def log_i0(kappa: Tensor) -> Tensor:
+    """log I₀(κ)."""
+    return log_i0e(kappa) + kappa
 
 
 class Logistic(Distribution):
