@@ -18,3 +18,13 @@ def rel_err(a, b) -> float:
     b = b.detach().numpy() if isinstance(b, torch.Tensor) else np.asarray(b, dtype=float)
     assert a.shape == b.shape, (a.shape, b.shape)
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+def compositions(n: int, k: int):
+    """All count vectors of k non-negative integers summing to n."""
+    if k == 1:
+        yield (n,)
+        return
+    for first in range(n + 1):
+        for rest in compositions(n - first, k - 1):
+            yield (first, *rest)

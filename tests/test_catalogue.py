@@ -21,7 +21,7 @@ from scipy import integrate, special, stats
 
 import fisherkl
 from fisherkl.cli import main
-from helpers import rel_err, t64
+from helpers import compositions, rel_err, t64
 
 F64 = torch.float64
 EULER = float(np.euler_gamma)
@@ -87,15 +87,6 @@ def negative_binomial_kl_sum(p1: float, p2: float, r: float) -> float:
     d1, d2 = stats.nbinom(r, 1 - p1), stats.nbinom(r, 1 - p2)
     k = np.arange(0, int(d1.isf(1e-20)) + 200)
     return float(np.sum(d1.pmf(k) * (d1.logpmf(k) - d2.logpmf(k))))
-
-
-def compositions(n: int, k: int):
-    if k == 1:
-        yield (n,)
-        return
-    for first in range(n + 1):
-        for rest in compositions(n - first, k - 1):
-            yield (first, *rest)
 
 
 def multinomial_kl_sum(theta_p, theta_q, n: int) -> float:

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from scipy import integrate, special, stats
 
 import fisherkl
+from helpers import compositions
 
 F64 = torch.float64
 EXAMPLES = 6  # hypothesis examples per family configuration
@@ -1158,16 +1159,6 @@ def negative_binomial_sum(p: float, r: float) -> np.ndarray:
         fd = (stats.nbinom(r, 1 - p - h).logpmf(kk) - stats.nbinom(r, 1 - p + h).logpmf(kk)) / (2 * h)
         assert fd == pytest.approx(kk / p - r / (1 - p), rel=1e-7)
     return np.array([[np.sum(dist.pmf(k) * score**2)]])
-
-
-def compositions(n: int, k: int):
-    """All count vectors of k non-negative integers summing to n."""
-    if k == 1:
-        yield (n,)
-        return
-    for first in range(n + 1):
-        for rest in compositions(n - first, k - 1):
-            yield (first, *rest)
 
 
 def multinomial_sum(theta: tuple[float, ...], n: int) -> np.ndarray:

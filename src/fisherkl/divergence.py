@@ -23,22 +23,9 @@ from .divergence_core import divergence, log_ratio, pearson
 from .errors import ParameterError
 from .estimate import Estimate
 from .fisher import Method, fisher
-from .model import Model, as_parameter_tensor, require_model
+from .model import Model, as_parameter_tensor, require_model, validate_pair
 
 DivMethod = Literal["auto", "closed", "exact", "mc"]
-
-
-def _pair(model: Model, theta_p: Any, theta_q: Any) -> tuple[Tensor, Tensor]:
-    tp = require_model(model, "divergence").validate(theta_p, "theta_p")
-    tq = model.validate(theta_q, "theta_q")
-    dtype = torch.promote_types(tp.dtype, tq.dtype)
-    tp, tq = tp.to(dtype), tq.to(dtype=dtype, device=tp.device)
-    try:
-        return torch.broadcast_tensors(tp, tq)  # type: ignore[return-value]
-    except RuntimeError:
-        raise ParameterError(
-            f"{model.name}: theta_p {tuple(tp.shape)} and theta_q {tuple(tq.shape)} do not broadcast"
-        ) from None
 
 
 def kl(
@@ -53,7 +40,7 @@ def kl(
     return_error: bool = False,
 ) -> Tensor | Estimate:
     """KL[p_θp ‖ p_θq] = E_p[log p − log q] ≥ 0, shape = the broadcast batch shape."""
-    tp, tq = _pair(model, theta_p, theta_q)
+    tp, tq = validate_pair(model, theta_p, theta_q)
     est = divergence(model, tp, tq, model.closed_kl, log_ratio, "KL", method, n_samples, seed, generator)
     return est if return_error else est.value
 
@@ -70,7 +57,7 @@ def jeffreys(
     return_error: bool = False,
 ) -> Tensor | Estimate:
     """Jeffreys divergence KL[p‖q] + KL[q‖p] (symmetric), with errors added."""
-    tp, tq = _pair(model, theta_p, theta_q)
+    tp, tq = validate_pair(model, theta_p, theta_q)
     a = divergence(model, tp, tq, model.closed_kl, log_ratio, "KL", method, n_samples, seed, generator)
     seed2 = None if seed is None else seed + 1
     b = divergence(model, tq, tp, model.closed_kl, log_ratio, "KL", method, n_samples, seed2, generator)
@@ -95,7 +82,7 @@ def chi2(
     return_error: bool = False,
 ) -> Tensor | Estimate:
     """Pearson χ² = ∫ (q − p)²/p dx = E_p[(q/p − 1)²] (may be +inf for wide q)."""
-    tp, tq = _pair(model, theta_p, theta_q)
+    tp, tq = validate_pair(model, theta_p, theta_q)
     closed = getattr(model, "chi2_formula", lambda a, b: None)
     est = divergence(model, tp, tq, closed, pearson, "chi-squared divergence", method, n_samples, seed, generator)
     return est if return_error else est.value

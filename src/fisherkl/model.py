@@ -58,6 +58,22 @@ def require_model(model: Any, where: str) -> Model:
     return model
 
 
+def validate_pair(
+    model: Any, first: Any, second: Any, names: tuple[str, str] = ("theta_p", "theta_q")
+) -> tuple[Tensor, Tensor]:
+    """Two valid parameter tensors of ``model`` in a common dtype, broadcast against each other."""
+    a = require_model(model, "pair of parameters").validate(first, names[0])
+    b = model.validate(as_parameter_tensor(second, names[1], like=a), names[1])
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    a, b = a.to(dtype), b.to(dtype=dtype, device=a.device)
+    try:
+        return torch.broadcast_tensors(a, b)  # type: ignore[return-value]
+    except RuntimeError:
+        raise ParameterError(
+            f"{model.name}: {names[0]} {tuple(a.shape)} and {names[1]} {tuple(b.shape)} do not broadcast"
+        ) from None
+
+
 def check_not_nan(model: Model, value: Tensor, what: str) -> Tensor:
     """Refuse to return a NaN: say which model and quantity produced it."""
     total = value.detach().sum()  # one pass; NaN if any entry is (or if +inf meets −inf: then look closer)

@@ -163,9 +163,6 @@ class Family(Model):
     def closed_kl(self, theta_p: Tensor, theta_q: Tensor) -> Tensor | None:
         return self.kl_formula(theta_p, theta_q)
 
-    def has_closed_kl(self, theta: Tensor) -> bool:
-        return Model.has_closed_kl(self, theta)
-
     def typical(self, dtype: torch.dtype = torch.float64) -> Tensor:
         """A typical parameter value, for demos, tables and the CLI."""
         return torch.tensor(self.typical_theta, dtype=dtype)

@@ -16,7 +16,7 @@ from torch import Tensor
 from ..derivatives import rows_of_jacobian
 from ..errors import ConvergenceError, RouteError
 from ..fisher import require_regular
-from ..model import Model, as_parameter_tensor, no_argument_validation
+from ..model import Model, as_parameter_tensor, no_argument_validation, validate_pair
 from .chart import Chart, chart_for, fisher_metric
 from .closed import closed_distance
 from .solver import GeodesicSolution, metric_terms, solve_geodesic
@@ -25,10 +25,7 @@ DistanceMethod = Literal["auto", "closed", "geodesic"]
 
 
 def _pair(model: Model, theta1: Any, theta2: Any) -> tuple[Tensor, Tensor]:
-    t1 = model.validate(theta1, "theta1")
-    t2 = model.validate(as_parameter_tensor(theta2, "theta2", like=t1), "theta2")
-    t1 = t1.to(torch.promote_types(t1.dtype, t2.dtype))
-    t1, t2 = torch.broadcast_tensors(t1, t2.to(t1.dtype))
+    t1, t2 = validate_pair(model, theta1, theta2, ("theta1", "theta2"))
     require_regular(model)
     return t1, t2
 
