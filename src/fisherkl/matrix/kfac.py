@@ -21,7 +21,7 @@ diagonal.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -34,40 +34,102 @@ from .layout import ParamLayout
 
 @dataclass
 class KronBlock:
-    """Where a Kronecker block sits: the weight's name and shape, and the bias's name (or None)."""
+    """Where a Kronecker block sits: the weight's name and the map's shape ``[d_out, d_in]``, the bias's name
+    (or None), and the block's tensors.
+
+    The stored weight is read as a matrix ``[rows, d_in]`` (a convolution's ``[c_out, c·Πk]``), or
+    ``[d_in, rows]`` when ``transposed`` (an embedding ``[V, d]``: d_in = V; HuggingFace's Conv1D); the block
+    covers its rows ``rows`` (a range along d_out; None for all), and entries ``bias_rows`` of a bias of
+    length ``bias_len`` (default: the same rows). A factor ``"A"`` of shape ``[width]`` is a diagonal
+    (one-hot inputs: token counts).
+    """
 
     weight: str
     bias: str | None
     d_out: int
     d_in: int
     tensors: dict[str, Tensor] = field(default_factory=dict)
+    rows: tuple[int, int] | None = None
+    transposed: bool = False
+    bias_rows: tuple[int, int] | None = None
+    bias_len: int | None = None
 
     @property
     def width(self) -> int:
         """d_in + 1 with a bias, else d_in: the size of A."""
         return self.d_in + (self.bias is not None)
 
+    @property
+    def key(self) -> str:
+        """A name for the block: the weight's, with its rows when it covers only some."""
+        return self.weight if self.rows is None else f"{self.weight}[{self.rows[0]}:{self.rows[1]}]"
+
+    def _wrows(self, v: Tensor, layout: ParamLayout) -> tuple[Tensor, int]:
+        """The weight's columns of v as ``[k, total_rows, d_in]`` (a view when not transposed)."""
+        k = v.shape[1]
+        w = v[layout.slice(self.weight)].T
+        if self.transposed:
+            return w.reshape(k, self.d_in, -1).transpose(1, 2), k
+        return w.reshape(k, -1, self.d_in), k
+
     def gather(self, v: Tensor, layout: ParamLayout) -> Tensor:
         """Columns v ``[p, k]`` → Ŵ-shaped ``[k, d_out, width]``."""
-        k = v.shape[1]
-        w = v[layout.slice(self.weight)].T.reshape(k, self.d_out, self.d_in)
+        w, _ = self._wrows(v, layout)
+        if self.rows is not None:
+            w = w[:, self.rows[0] : self.rows[1]]
         if self.bias is None:
             return w
-        return torch.cat([w, v[layout.slice(self.bias)].T.unsqueeze(-1)], -1)
+        b = v[layout.slice(self.bias)].T
+        br = self.bias_rows if self.bias_rows is not None else self.rows
+        if br is not None:
+            b = b[:, br[0] : br[1]]
+        return torch.cat([w, b.unsqueeze(-1)], -1)
 
     def scatter(self, out: Tensor, m: Tensor, layout: ParamLayout) -> None:
-        """Write Ŵ-shaped ``[k, d_out, width]`` into columns ``out [p, k]``."""
+        """Write Ŵ-shaped ``[k, d_out, width]`` into columns ``out [p, k]`` (only this block's entries)."""
         k = m.shape[0]
-        out[layout.slice(self.weight)] = m[..., : self.d_in].reshape(k, -1).T
+        sl = layout.slice(self.weight)
+        wm = m[..., : self.d_in]
+        if not self.transposed:
+            r0 = 0 if self.rows is None else self.rows[0]
+            out[sl.start + r0 * self.d_in : sl.start + (r0 + self.d_out) * self.d_in] = wm.reshape(k, -1).T
+        else:  # stored [d_in, total rows]: the block's rows are columns of it
+            cur = out[sl].T.reshape(k, self.d_in, -1).clone()
+            r0, r1 = self.rows if self.rows is not None else (0, cur.shape[2])
+            cur[:, :, r0:r1] = wm.transpose(1, 2)
+            out[sl] = cur.reshape(k, -1).T
         if self.bias is not None:
-            out[layout.slice(self.bias)] = m[..., self.d_in].T
+            bs = layout.slice(self.bias)
+            br = self.bias_rows if self.bias_rows is not None else self.rows
+            r0 = 0 if br is None else br[0]
+            out[bs.start + r0 : bs.start + r0 + self.d_out] = m[..., self.d_in].T
 
     def state(self) -> dict[str, Any]:
-        return {"weight": self.weight, "bias": self.bias, "d_out": self.d_out, "d_in": self.d_in, **self.tensors}
+        out: dict[str, Any] = {"weight": self.weight, "bias": self.bias, "d_out": self.d_out, "d_in": self.d_in}
+        if self.rows is not None:
+            out["rows"] = list(self.rows)
+        if self.transposed:
+            out["transposed"] = True
+        if self.bias_rows is not None:
+            out["bias_rows"] = list(self.bias_rows)
+            out["bias_len"] = self.bias_len
+        return {**out, **self.tensors}
 
     @classmethod
     def from_state(cls, s: Mapping[str, Any], keys: Sequence[str]) -> KronBlock:
-        return cls(s["weight"], s["bias"], int(s["d_out"]), int(s["d_in"]), {k: s[k] for k in keys})
+        rows = s.get("rows")
+        brows = s.get("bias_rows")
+        return cls(
+            s["weight"],
+            s["bias"],
+            int(s["d_out"]),
+            int(s["d_in"]),
+            {k: s[k] for k in keys if k in s},
+            rows=None if rows is None else (int(rows[0]), int(rows[1])),
+            transposed=bool(s.get("transposed", False)),
+            bias_rows=None if brows is None else (int(brows[0]), int(brows[1])),
+            bias_len=None if s.get("bias_len") is None else int(s["bias_len"]),
+        )
 
 
 class _Kronecker(FisherMatrix):
@@ -79,8 +141,8 @@ class _Kronecker(FisherMatrix):
     def __init__(
         self, blocks: Sequence[KronBlock], rest: Sequence[str], rest_diag: Tensor, layout: ParamLayout
     ) -> None:
-        names = [n for b in blocks for n in (b.weight, b.bias) if n is not None] + list(rest)
-        if sorted(names) != sorted(layout.names):
+        in_blocks = {n for b in blocks for n in (b.weight, b.bias) if n is not None}
+        if in_blocks & set(rest) or in_blocks | set(rest) != set(layout.names) or len(set(rest)) != len(rest):
             raise ParameterError(f"{type(self).__name__}: blocks and rest must cover every parameter exactly once")
         super().__init__(layout, rest_diag.dtype, rest_diag.device)
         self.blocks = list(blocks)
@@ -91,8 +153,8 @@ class _Kronecker(FisherMatrix):
             raise ParameterError(f"{type(self).__name__}: rest_diag must be [{len(self._rest_index)}]")
 
     # per block: eigenbases and eigenvalue grid
-    def _basis(self, b: KronBlock) -> tuple[Tensor, Tensor, Tensor]:
-        """(Q_G, Q_A, S) with F_block = (Q_G ⊗ Q_A) diag(vec S) (Q_G ⊗ Q_A)ᵀ."""
+    def _basis(self, b: KronBlock) -> tuple[Tensor, Tensor | None, Tensor]:
+        """(Q_G, Q_A, S) with F_block = (Q_G ⊗ Q_A) diag(vec S) (Q_G ⊗ Q_A)ᵀ; Q_A None is the identity."""
         raise NotImplementedError
 
     def _apply(self, v: Tensor, fn: Any) -> Tensor:
@@ -100,7 +162,9 @@ class _Kronecker(FisherMatrix):
         for b in self.blocks:
             qg, qa, s = self._basis(b)
             m = b.gather(v, self.layout)
-            b.scatter(out, qg @ (fn(s) * (qg.T @ m @ qa)) @ qa.T, self.layout)
+            inner = qg.T @ m if qa is None else qg.T @ m @ qa
+            inner = fn(s) * inner
+            b.scatter(out, qg @ inner if qa is None else qg @ inner @ qa.T, self.layout)
         out[self._rest_index] = fn(self.rest_diag).unsqueeze(-1) * v[self._rest_index]
         return out
 
@@ -119,7 +183,8 @@ class _Kronecker(FisherMatrix):
         out = torch.empty(self.p, 1, dtype=self.dtype, device=self.device)
         for b in self.blocks:
             qg, qa, s = self._basis(b)
-            b.scatter(out, ((qg * qg) @ s @ (qa * qa).T).unsqueeze(0), self.layout)
+            d = (qg * qg) @ s if qa is None else (qg * qg) @ s @ (qa * qa).T
+            b.scatter(out, d.unsqueeze(0), self.layout)
         out[self._rest_index, 0] = self.rest_diag
         return out[:, 0]
 
@@ -147,7 +212,12 @@ class _Kronecker(FisherMatrix):
                 continue
             b = self.blocks[blk]
             qg, qa, _ = self._basis(b)
-            m = torch.outer(qg[:, j // b.width], qa[:, j % b.width]).unsqueeze(0)
+            right = (
+                qa[:, j % b.width]
+                if qa is not None
+                else torch.eye(b.width, dtype=self.dtype, device=self.device)[j % b.width]
+            )
+            m = torch.outer(qg[:, j // b.width], right).unsqueeze(0)
             tmp = torch.zeros(self.p, 1, dtype=self.dtype, device=self.device)
             b.scatter(tmp, m, self.layout)
             vecs[:, col] = tmp[:, 0]
@@ -178,11 +248,12 @@ class KFAC(_Kronecker):
         super().__init__(blocks, rest, rest_diag, layout)
         self._eig: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
 
-    def _basis(self, b: KronBlock) -> tuple[Tensor, Tensor, Tensor]:
+    def _basis(self, b: KronBlock) -> tuple[Tensor, Tensor | None, Tensor]:
         key = id(b)
         if key not in self._eig:
             wg, qg = torch.linalg.eigh(b.tensors["G"])
-            wa, qa = torch.linalg.eigh(b.tensors["A"])
+            a = b.tensors["A"]
+            wa, qa = (a, None) if a.ndim == 1 else torch.linalg.eigh(a)
             self._eig[key] = (qg, qa, torch.outer(wg.clamp_min(0), wa.clamp_min(0)))
         return self._eig[key]
 
@@ -190,23 +261,23 @@ class KFAC(_Kronecker):
         out = torch.empty_like(v)
         for b in self.blocks:
             m = b.gather(v, self.layout)
-            b.scatter(out, b.tensors["G"] @ m @ b.tensors["A"], self.layout)
+            a = b.tensors["A"]
+            gm = b.tensors["G"] @ m
+            b.scatter(out, gm * a if a.ndim == 1 else gm @ a, self.layout)
         out[self._rest_index] = self.rest_diag.unsqueeze(-1) * v[self._rest_index]
         return out
 
     def _diag(self) -> Tensor:
         out = torch.empty(self.p, 1, dtype=self.dtype, device=self.device)
         for b in self.blocks:
-            d = torch.outer(b.tensors["G"].diagonal(), b.tensors["A"].diagonal())
+            a = b.tensors["A"]
+            d = torch.outer(b.tensors["G"].diagonal(), a if a.ndim == 1 else a.diagonal())
             b.scatter(out, d.unsqueeze(0), self.layout)
         out[self._rest_index, 0] = self.rest_diag
         return out[:, 0]
 
     def _scaled(self, c: float) -> FisherMatrix:
-        blocks = [
-            KronBlock(b.weight, b.bias, b.d_out, b.d_in, {"A": b.tensors["A"], "G": c * b.tensors["G"]})
-            for b in self.blocks
-        ]
+        blocks = [replace(b, tensors={"A": b.tensors["A"], "G": c * b.tensors["G"]}) for b in self.blocks]
         return KFAC(blocks, self.rest, c * self.rest_diag, self.layout)
 
 
@@ -216,11 +287,9 @@ class EKFAC(_Kronecker):
 
     keys = ("QA", "QG", "S")
 
-    def _basis(self, b: KronBlock) -> tuple[Tensor, Tensor, Tensor]:
-        return b.tensors["QG"], b.tensors["QA"], b.tensors["S"]
+    def _basis(self, b: KronBlock) -> tuple[Tensor, Tensor | None, Tensor]:
+        return b.tensors["QG"], b.tensors.get("QA"), b.tensors["S"]
 
     def _scaled(self, c: float) -> FisherMatrix:
-        blocks = [
-            KronBlock(b.weight, b.bias, b.d_out, b.d_in, {**b.tensors, "S": c * b.tensors["S"]}) for b in self.blocks
-        ]
+        blocks = [replace(b, tensors={**b.tensors, "S": c * b.tensors["S"]}) for b in self.blocks]
         return EKFAC(blocks, self.rest, c * self.rest_diag, self.layout)

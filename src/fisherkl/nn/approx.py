@@ -26,12 +26,15 @@ from torch import Tensor, nn
 from ..errors import FisherKLError, ParameterError
 from ..matrix import FisherMatrix
 from ..matrix.base import DenseTooLargeError, check_dense_fits
-from .data import as_input, iter_batches
+from .batch import Adapter, get_adapter
+from .data import iter_raw
+from .engine import fisher_passes
 from .fisher import REPRESENTATIONS
 from .fisher import fisher as nn_fisher
 from .heads import Head, get_head
 from .kl import kl as nn_kl
 from .params import layout_of, parameters_vector, perturbed
+from .rows import safe_labels
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -208,33 +211,59 @@ class ApproximationReport:
 
 
 # --- helpers ------------------------------------------------------------------------------------------
-def mean_loss(net: nn.Module, data: Any, head: Head, batch_size: int = 256, *, grad: bool = False) -> Tensor:
-    """Mean negative log-likelihood −mean log p(y | x, net) over labelled ``data``."""
+def mean_loss(
+    net: nn.Module,
+    data: Any,
+    head: Head,
+    batch_size: int = 256,
+    *,
+    grad: bool = False,
+    adapter: Adapter | None = None,
+    positions: str = "sum",
+) -> Tensor:
+    """Mean negative log-likelihood −mean log p(y | x, net) over labelled ``data`` (per example, summed over
+    its unmasked positions; ``positions="mean"``: per unmasked position)."""
+    ad = get_adapter(adapter)
     like = next(iter(net.parameters()))
     total, count = None, 0
-    with torch.set_grad_enabled(grad):
-        for x, y in iter_batches(data, batch_size):
-            if y is None:
-                raise ParameterError("this needs labels: give data as (x, y)")
-            out = head.check(net(as_input(x, like)))
-            s = -head.log_prob(out, y.to(out.device)).sum()
+    with torch.set_grad_enabled(grad), fisher_passes():
+        for raw in iter_raw(data, batch_size):
+            batch = ad.batch(raw).to(like)
+            out = head.check(ad.outputs(ad.call(net, batch)))
+            labels, mask = ad.targets(batch, out, head.index_labels)
+            if labels is None:
+                raise ParameterError("this needs labels: give data as (x, y) batches (or a dict with labels)")
+            lp = head.log_prob(out, safe_labels(head.check_labels(out, labels.to(out.device), mask), mask))
+            if mask is not None:
+                lp = torch.where(mask, lp, torch.zeros_like(lp))
+            s = -lp.sum()
             total = s if total is None else total + s
-            count += int(x.shape[0])
+            if positions == "sum":
+                count += batch.n
+            else:
+                count += int(mask.sum()) if mask is not None else math.prod(out.shape[:-1])
     if total is None:
         raise ParameterError("data: no examples")
-    return total / count
+    return total / max(count, 1)
 
 
-def loss_gradient(net: nn.Module, data: Any, head: Head, batch_size: int = 256) -> Tensor:
+def loss_gradient(
+    net: nn.Module,
+    data: Any,
+    head: Head,
+    batch_size: int = 256,
+    adapter: Adapter | None = None,
+    positions: str = "sum",
+) -> Tensor:
     """Flat gradient ``[p]`` of the mean negative log-likelihood (parameters that require grad)."""
     params = [p for p in net.parameters() if p.requires_grad]
-    loss = mean_loss(net, data, head, batch_size, grad=True)
+    loss = mean_loss(net, data, head, batch_size, grad=True, adapter=adapter, positions=positions)
     grads = torch.autograd.grad(loss, params, allow_unused=True)
     return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for p, g in zip(params, grads)])
 
 
-def _first_batch(data: Any, batch_size: int) -> tuple[Tensor, Tensor | None]:
-    return next(iter(iter_batches(data, batch_size)))
+def _first_batch(data: Any, batch_size: int) -> Any:
+    return next(iter(iter_raw(data, batch_size)))
 
 
 def optimizer_step(
@@ -243,14 +272,16 @@ def optimizer_step(
     head: Head,
     make_optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer],
     batch_size: int = 64,
+    adapter: Adapter | None = None,
+    positions: str = "sum",
 ) -> Tensor:
     """δ = w_after − w_before for one step of ``make_optimizer`` on the first minibatch of ``data``."""
     other = copy.deepcopy(net)
     before = parameters_vector(other)
     opt = make_optimizer([p for p in other.parameters() if p.requires_grad])
-    x, y = _first_batch(data, batch_size)
+    first = _first_batch(data, batch_size)
     opt.zero_grad()
-    mean_loss(other, (x, y) if y is not None else x, head, batch_size, grad=True).backward()
+    mean_loss(other, [first], head, batch_size, grad=True, adapter=adapter, positions=positions).backward()
     opt.step()
     return parameters_vector(other) - before
 
@@ -281,12 +312,14 @@ def approximation_report(
     seed: int = 0,
     loss: bool = True,
     fisher_kwargs: Mapping[str, Any] | None = None,
+    adapter: Adapter | None = None,
+    positions: str = "sum",
 ) -> ApproximationReport:
     """Predicted KL ½δᵀFδ of each representation against the exact mean KL, per direction and step.
 
     Parameters
     ----------
-    net, data, head:
+    net, data, head, adapter, positions:
         As for :func:`fisherkl.nn.fisher`. ``data`` should be re-iterable (a tuple of tensors, a list
         or a DataLoader); ``"gradient"``, ``"sgd_step"`` / ``"adam_step"`` and ``loss`` need labels.
     representations:
@@ -333,7 +366,8 @@ def approximation_report(
     steps = [float(s) for s in step_sizes]
     if not steps or any(not (s > 0 and math.isfinite(s)) for s in steps):
         raise ParameterError(f"step_sizes must be positive finite numbers, got {list(step_sizes)}")
-    fkw = dict(fisher_kwargs or {})
+    fkw = {"adapter": adapter, "positions": positions, **dict(fisher_kwargs or {})}
+    lkw = {"adapter": adapter, "positions": positions}
 
     work = copy.deepcopy(net)
     if dtype is not None:
@@ -377,7 +411,7 @@ def approximation_report(
     # shared directions
     gen = torch.Generator().manual_seed(seed)
     needs_grad = "gradient" in directions or "natural" in directions
-    g = loss_gradient(work, data, h, batch_size) if needs_grad else None
+    g = loss_gradient(work, data, h, batch_size, **lkw) if needs_grad else None
     shared: dict[str, Tensor] = {}
     for d in directions:
         if d == "random":
@@ -386,7 +420,7 @@ def approximation_report(
             assert g is not None
             shared[d] = g
         elif d != "natural":
-            shared[d] = optimizer_step(work, data, h, optimizers[d])
+            shared[d] = optimizer_step(work, data, h, optimizers[d], **lkw)
     for k, v in (extra_directions or {}).items():
         flat, _ = layout.flatten(v, f"extra_directions[{k!r}]")
         shared[k] = flat.detach().to(w)
@@ -400,12 +434,12 @@ def approximation_report(
             return d * math.sqrt(2 * s / q)
         return d * (s * float(w.norm()) / float(d.norm()))
 
-    base_loss = float(mean_loss(work, data, h, batch_size)) if loss and _has_labels(data) else None
+    base_loss = float(mean_loss(work, data, h, batch_size, **lkw)) if loss and _has_labels(data, adapter) else None
 
     def measure(delta: Tensor) -> tuple[float, float | None]:
         moved = perturbed(work, delta)
-        exact = float(nn_kl(work, moved, data, h, batch_size=batch_size))
-        dl = None if base_loss is None else float(mean_loss(moved, data, h, batch_size)) - base_loss
+        exact = float(nn_kl(work, moved, data, h, batch_size=batch_size, **lkw))
+        dl = None if base_loss is None else float(mean_loss(moved, data, h, batch_size, **lkw)) - base_loss
         return exact, dl
 
     t0 = time.perf_counter()
@@ -438,15 +472,15 @@ def approximation_report(
                     KLRow(rep, "natural", s, float(delta.norm()), 0.5 * float(mats[rep].quad(delta)), exact, dl)
                 )
     seconds["comparisons"] = time.perf_counter() - t0
-    n = sum(int(x.shape[0]) for x, _ in iter_batches(data, batch_size))
+    n = sum(get_adapter(adapter).batch(raw).n for raw in iter_raw(data, batch_size))
     return ApproximationReport(
         rows, dir_rows, list(representations), kinds, steps, scale, reference, kind, lam, p, n, seconds
     )
 
 
-def _has_labels(data: Any) -> bool:
+def _has_labels(data: Any, adapter: Adapter | None = None) -> bool:
     try:
-        return _first_batch(data, 1)[1] is not None
+        return get_adapter(adapter).batch(_first_batch(data, 1)).labels is not None
     except StopIteration:
         return False
 

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import FisherKLError
@@ -40,13 +41,25 @@ def net_digest(net: nn.Module) -> str:
     return digest({n: p.detach() for n, p in net.named_parameters() if p.requires_grad})
 
 
-def batch_digest(x: Tensor) -> str:
-    """sha256 of a batch's inputs (detects a changed data order on resume)."""
-    t = x.detach().to("cpu").contiguous().reshape(-1)
-    h = hashlib.sha256(f"{t.dtype}{tuple(x.shape)}".encode())
-    if t.numel():
-        h.update(t.view(__import__("torch").uint8).numpy().tobytes())
+def batch_digest(batch: Any) -> str:
+    """sha256 of a batch as the data gives it — every tensor in it, in order (detects changed data on resume)."""
+    h = hashlib.sha256()
+    for t in _tensors(batch):
+        t = t.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(t.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def _tensors(obj: Any) -> list[Tensor]:
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        return [t for k in sorted(obj, key=str) for t in _tensors(obj[k])]
+    if isinstance(obj, (tuple, list)):
+        return [t for o in obj for t in _tensors(o)]
+    return []
 
 
 class Checkpoint:

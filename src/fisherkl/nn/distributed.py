@@ -26,14 +26,13 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
-from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSampler
 from torch.utils.data.distributed import DistributedSampler
 
 from ..matrix.base import all_reduce_sums, require_process_group
-from .data import iter_batches
+from .data import dataset_size, iter_raw
 
-IndexedBatch = tuple[int, Tensor, "Tensor | None"]
+IndexedBatch = tuple[int, Any]
 
 
 def rank_world(group: Any = None) -> tuple[int, int]:
@@ -98,9 +97,7 @@ def shard_mode(data: Any, world: int, shard: bool | None) -> str:
         return "all"
     if shard is False:
         return "given"
-    if isinstance(data, Tensor) or (
-        isinstance(data, (tuple, list)) and data and all(isinstance(t, Tensor) for t in data)
-    ):
+    if dataset_size(data) is not None:
         return "tensors"
     if isinstance(data, DataLoader):
         if isinstance(data.sampler, DistributedSampler):
@@ -117,17 +114,16 @@ def shard_mode(data: Any, world: int, shard: bool | None) -> str:
 def indexed_batches(
     data: Any, batch_size: int, rank: int = 0, world: int = 1, mode: str = "all"
 ) -> Iterator[IndexedBatch]:
-    """This rank's batches ``(global_index, x, y)``."""
+    """This rank's batches ``(global_index, batch)`` (batches as the data gives them)."""
     if mode == "all":
-        for i, (x, y) in enumerate(iter_batches(data, batch_size)):
-            yield i, x, y
+        yield from enumerate(iter_raw(data, batch_size))
     elif mode == "given":
-        for i, (x, y) in enumerate(iter_batches(data, batch_size)):
-            yield i * world + rank, x, y
+        for i, b in enumerate(iter_raw(data, batch_size)):
+            yield i * world + rank, b
     elif mode == "loader":
-        for j, (x, y) in enumerate(iter_batches(_strided_loader(data, rank, world), batch_size)):
-            yield rank + j * world, x, y
+        for j, b in enumerate(iter_raw(_strided_loader(data, rank, world), batch_size)):
+            yield rank + j * world, b
     else:  # tensors (slicing is free) or any iterable (every rank reads every batch)
-        for i, (x, y) in enumerate(iter_batches(data, batch_size)):
+        for i, b in enumerate(iter_raw(data, batch_size)):
             if i % world == rank:
-                yield i, x, y
+                yield i, b

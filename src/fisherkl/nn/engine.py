@@ -1,22 +1,31 @@
-"""The streaming engine: one forward and a batched backward per batch, statistics summed over data.
+"""The streaming engine: one forward and batched backward passes per batch, statistics summed over data.
 
-For each batch the network runs once; hooks record each parameterised layer's inputs and outputs.
-The head supplies R output cotangent rows per example (``cotangents``):
+For each batch the network runs once; hooks record every call of a module that owns parameters (its
+inputs and outputs, see :mod:`fisherkl.nn.rules`). The head supplies output cotangent rows
+(:mod:`fisherkl.nn.rows`), so that F = (1/N) Σₙ Σᵣ Jₙᵀ eₙᵣ eₙᵣᵀ Jₙ; rows are backpropagated in chunks,
+through the activations only (never to the weights), and the layer rules turn the recorded gradients
+into the requested statistics. Every statistic is a plain sum with a count, so partial results add
+(across batches, row chunks, or processes).
 
-* ``exact``: the rows of B with BᵀB = I_head(outputs) (R = C − 1 for categorical, C otherwise);
-* ``mc``: ∇_outputs log p(ŷ | outputs)/√S for S sampled labels ŷ ~ p(·|outputs);
-* ``empirical``: ∇_outputs log p(y | outputs) for the observed label.
+The first batch is also checked, at the cost of two small extra forwards:
 
-so that F = (1/N) Σₙ Σᵣ Jₙᵀ eₙᵣ eₙᵣᵀ Jₙ. All R rows are backpropagated at once (a vmapped
-backward through the activations only, never through the weight gradients) and the layer rules
-turn the recorded gradients into the requested statistics. Every statistic is a plain sum with an
-example count, so partial results add (across batches, or across processes).
+* **batch dimensions**: a forward on 2–3 of its examples tells, for every recorded call, which dimension
+  of each input and output is the batch one — or that a tensor does not depend on the batch (a position
+  embedding of ``arange(T)``): such outputs are broadcast over the examples, so each example gets its
+  own gradient;
+* **independence**: the examples' outputs must not depend on the rest of the batch;
+* **completeness**: with a random cotangent, the per-example gradients of every parameter must add up
+  to the batch gradient. Parameters for which they do not (used outside their module's forward: a tied
+  head ``F.linear(h, emb.weight)``) are handed to :class:`~fisherkl.nn.rules.network.NetworkRule`, so
+  the result is exact either way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -24,234 +33,440 @@ from torch import Tensor, nn
 
 from ..errors import FisherKLError, ParameterError, RouteError
 from ..matrix.layout import ParamLayout
-from .data import Batch, as_input
+from .batch import Adapter, Batch, get_adapter
 from .heads import Head
-from .rules import Call, Conv2dRule, GenericRule, LinearRule, Rule, flat_tensors
+from .rows import KINDS, Rows
+from .rules import Call, GenericRule, Rule, flat_tensors, rule_class
+from .rules.network import NetworkRule
 
-KINDS = ("exact", "mc", "empirical")
-CHUNK_BYTES = 64 * 1024**2
+__all__ = ["KINDS", "Engine", "fisher_passes", "per_example_gradients", "unwrap"]
+
+ROW_BYTES = 256 * 1024**2  # gradients of the recorded outputs kept at once (one chunk of rows)
+CHUNK_BYTES = 64 * 1024**2  # per-example intermediates of a statistic
 
 
-def cotangents(
-    head: Head, outputs: Tensor, y: Tensor | None, kind: str, mc_samples: int, gen: torch.Generator | None
-) -> Tensor:
-    """Output cotangent rows E ``[n, R, C]`` with F = mean over n of Σᵣ Jₙᵀ eₙᵣ eₙᵣᵀ Jₙ (see module doc)."""
-    f = outputs.detach()
-    if kind == "exact":
-        return head.sqrt_fisher(f)
-    if kind == "mc":
-        if mc_samples < 1:
-            raise ParameterError(f"mc_samples must be >= 1, got {mc_samples}")
-        ys = head.sample(f, mc_samples, gen)
-        return head.score(f, ys).transpose(0, 1) / math.sqrt(mc_samples)
-    if kind == "empirical":
-        if y is None:
-            raise ParameterError("kind='empirical' needs labels: give data as (x, y) batches")
-        return head.score(f, y.to(device=f.device)).unsqueeze(1)
-    raise RouteError(f"unknown kind {kind!r}; choose one of {', '.join(KINDS)}")
+def unwrap(net: nn.Module) -> nn.Module:
+    """The module that does the work: ``torch.compile`` and ``DistributedDataParallel`` wrappers removed
+    (fisherkl's passes run the original module eagerly; parameters are the same objects)."""
+    while True:
+        dyn = sys.modules.get("torch._dynamo.eval_frame")
+        if dyn is not None and isinstance(net, getattr(dyn, "OptimizedModule", ())):
+            net = net._orig_mod  # type: ignore[assignment]
+            continue
+        if isinstance(net, nn.parallel.DistributedDataParallel):
+            net = net.module
+            continue
+        return net
+
+
+@contextlib.contextmanager
+def fisher_passes(math_attention: bool = False) -> Iterator[None]:
+    """Settings for fisherkl's own passes: torch's fused inference paths of ``nn.MultiheadAttention`` and
+    ``nn.TransformerEncoderLayer`` off (they bypass the layers), and with ``math_attention`` the
+    scaled-dot-product attention kernel that supports forward-mode AD."""
+    old = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        if math_attention:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            with sdpa_kernel([SDPBackend.MATH]):
+                yield
+        else:
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(old)
+
+
+def _map_tensors(obj: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    if isinstance(obj, Tensor):
+        return fn(obj)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+        return type(obj)(*(_map_tensors(o, fn) for o in obj))
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_map_tensors(o, fn) for o in obj)
+    if isinstance(obj, dict):
+        return type(obj)((k, _map_tensors(v, fn)) for k, v in obj.items())
+    return obj
+
+
+def _bdim(cur: tuple[int, ...], probe: tuple[int, ...], n: int, m: int) -> int | str | None:
+    """The batch dimension of a tensor of shape ``cur`` (batch of n) given its shape ``probe`` in a batch of
+    m: the one dimension that changed from n to m; None when nothing changed; ``"?"`` otherwise."""
+    if cur == probe:
+        return None
+    if len(cur) != len(probe):
+        return "?"
+    diff = [i for i, (a, b) in enumerate(zip(cur, probe)) if a != b]
+    if len(diff) == 1 and cur[diff[0]] == n and probe[diff[0]] == m:
+        return diff[0]
+    return "?"
+
+
+def _shape(t: Any) -> tuple[int, ...] | None:
+    return tuple(t.shape) if isinstance(t, Tensor) else None
+
+
+class _Template:
+    """What the probe learned about one call: batch dimensions of its inputs and outputs."""
+
+    def __init__(self, arg_bdims: tuple[Any, ...], kw_bdims: dict[str, Any], out_bdims: list[Any]) -> None:
+        self.arg_bdims, self.kw_bdims, self.out_bdims = arg_bdims, kw_bdims, out_bdims
+
+    @property
+    def ok(self) -> bool:
+        return "?" not in (*self.arg_bdims, *self.kw_bdims.values(), *self.out_bdims)
+
+    def fits(self, call: Call, n: int) -> bool:
+        def good(t: Any, d: Any) -> bool:
+            return not isinstance(t, Tensor) or d is None or d == "?" or (d < t.ndim and t.shape[d] == n)
+
+        return (
+            len(call.args) == len(self.arg_bdims)
+            and set(call.kwargs) == set(self.kw_bdims)
+            and len(call.outs) == len(self.out_bdims)
+            and all(good(a, d) for a, d in zip(call.args, self.arg_bdims))
+            and all(good(v, self.kw_bdims[k]) for k, v in call.kwargs.items())
+            and all(good(o, d) for o, d in zip(call.outs, self.out_bdims))
+        )
 
 
 class Engine:
-    """Hooks on a network's parameterised layers, and the per-batch forward / batched backward."""
+    """Hooks on a network's parameterised modules, and the per-batch forward / row-chunked backward."""
 
-    def __init__(self, net: nn.Module, check: bool = True) -> None:
+    def __init__(self, net: nn.Module, check: bool = True, adapter: Adapter | None = None) -> None:
+        net = unwrap(net)
         self.net = net
+        self.adapter = get_adapter(adapter)
         named = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
         if not named:
             raise ParameterError("the network has no parameters that require grad")
         self.layout = ParamLayout.of(named)
         self.params = [p for _, p in named]
+        self.by_name = dict(named)
         self.dtype = self.params[0].dtype
         self.device = self.params[0].device
         name_of = {id(p): n for n, p in named}
-        owners: dict[int, int] = {}
+        claimed: set[int] = set()
+        owners: dict[str, int] = {}
         self.rules: list[Rule] = []
         for mname, m in net.named_modules():
-            local = [k for k, p in m.named_parameters(recurse=False) if p.requires_grad]
-            if not local:
+            if id(m) in claimed:
+                continue
+            cls = rule_class(m)
+            mods = [m]
+            for attr in getattr(cls, "claims", ()):
+                child = getattr(m, attr, None)
+                if isinstance(child, nn.Module):
+                    mods += list(child.modules())
+            claimed.update(id(x) for x in mods[1:])
+            own = [
+                (x, k, name_of[id(p)])
+                for x in mods
+                for k, p in x.named_parameters(recurse=False)
+                if p.requires_grad and id(p) in name_of
+            ]
+            if not own:
                 continue
             _refuse_batch_coupling(mname, m)
-            names = [name_of[id(getattr(m, k))] for k in local]
-            for k in local:
-                owners[id(getattr(m, k))] = owners.get(id(getattr(m, k)), 0) + 1
-            self.rules.append(_rule_for(mname, m, local, names))
-        self.tied = {name_of[i] for i, c in owners.items() if c > 1}
-        for r in self.rules:
-            if r.kronecker and set(r.names) & self.tied:
-                r.kronecker = False
+            rule = (cls or GenericRule)(m, mname, own)
+            self.rules.append(rule)
+            for _, _, n in own:
+                owners[n] = owners.get(n, 0) + 1
+        self.tied = {n for n, c in owners.items() if c > 1}
         self.check = check
-        # an nn.Sequential of plain torch layers uses each parameter only inside its own layer and keeps
-        # examples apart, so the first-batch check (``verify``) is skipped for it
+        # an nn.Sequential of plain torch layers keeps examples apart, uses each parameter only inside its own
+        # layer and keeps the batch first: the first-batch checks are skipped for it
         self.separable = _separable(net) and not self.tied
+        self.network_rule: NetworkRule | None = None
         self.calls: dict[Rule, list[Call]] = {}
-        self._active = False
+        self.recording = False
+        self.n = 0
+        self._mode = "main"  # "probe": record shapes only
+        self._probe: dict[tuple[Rule, int], tuple[Any, ...]] = {}
+        self._templates: dict[tuple[Rule, int], _Template] = {}
+        self._expand_off = False
         self._clone: set[Rule] = set()
+        self._handles: list[Any] = []
+        self._passes: Any = None
+        self.checked = False
 
-    # --- hooks -----------------------------------------------------------------------------------
+    # --- which parameters each rule accounts for --------------------------------------------------------
+    @property
+    def active_rules(self) -> list[Rule]:
+        """The rules whose statistics count (layer rules, then the network rule if any)."""
+        rules = list(self.rules)
+        if self.network_rule is not None:
+            rules.append(self.network_rule)
+        return rules
+
+    def kron_parts(self) -> list[tuple[Rule, Any]]:
+        """(rule, part) for every linear map with Kronecker factors: its weight trainable, neither weight nor
+        bias tied to another layer or handled by the network rule."""
+        skip = set(self.tied) | set(self.network_rule.names if self.network_rule else ())
+        out = []
+        for r in self.rules:
+            for part in r.parts:
+                if part.weight is None or part.weight in skip or (part.bias is not None and part.bias in skip):
+                    continue
+                out.append((r, part))
+        return out
+
+    # --- hooks -----------------------------------------------------------------------------------------
     def __enter__(self) -> Engine:
-        self._handles = [r.module.register_forward_hook(self._hook(r), with_kwargs=True) for r in self.rules]
+        self._passes = fisher_passes()
+        self._passes.__enter__()
+        for r in self.rules:
+            if r.overrides_forward:
+                original = r.module.forward
+                r.module.forward = _bound_override(self, r, original)  # type: ignore[method-assign]
+                self._handles.append(_Restore(r.module))
+            else:
+                self._handles.append(r.module.register_forward_hook(self._hook(r), with_kwargs=True))
         return self
 
     def __exit__(self, *exc: Any) -> None:
         for h in self._handles:
             h.remove()
+        self._handles = []
         self.calls = {}
+        if self._passes is not None:
+            self._passes.__exit__(*exc)
+            self._passes = None
 
     def _hook(self, rule: Rule) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Any:
-            if not self._active:
+            if not self.recording:
                 return None
-            outs = [o for o in flat_tensors(out) if o.requires_grad]
             detached = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
             kw = {k: (v.detach() if isinstance(v, Tensor) else v) for k, v in kwargs.items()}
-            call = Call(detached, kw, outs)
-            call.versions = [o._version for o in outs]
-            self.calls.setdefault(rule, []).append(call)
-            return _clone_tensors(out) if rule in self._clone else None  # downstream edits the copy
+            outs = [o for o in flat_tensors(out) if o.requires_grad]
+            call = Call(detached, kw, outs, n=self.n)
+            return self._classify(rule, call, out)
 
         return hook
 
-    # --- one batch ---------------------------------------------------------------------------------
-    def forward(self, x: Tensor) -> Tensor:
-        """Run the network on a batch, recording layer calls; returns outputs ``[n, C]`` (with graph)."""
-        for _ in range(2):
+    def record(self, rule: Rule, call: Call) -> None:
+        """Record a call made by a rule's own forward (inputs and outputs batch first already)."""
+        call.versions = [o._version for o in call.outs]
+        self.calls.setdefault(rule, []).append(call)
+
+    def recorded_output(self, rule: Rule, call: Call, value: Tensor) -> Tensor:
+        """What a rule's own forward returns for a recorded output (a copy when downstream edits it in place)."""
+        return value.clone() if rule in self._clone else value
+
+    def _classify(self, rule: Rule, call: Call, out: Any) -> Any:
+        """Set the call's batch dimensions (probe / template), broadcast batch-independent outputs, record it."""
+        calls = self.calls.setdefault(rule, [])
+        key = (rule, len(calls))
+        shapes = (
+            tuple(map(_shape, call.args)),
+            {k: _shape(v) for k, v in call.kwargs.items()},
+            [_shape(o) for o in call.outs],
+        )
+        if self._mode == "probe":
+            self._probe[key] = shapes
+            calls.append(call)
+            return None
+        tpl = self._templates.get(key)
+        if tpl is None or not tpl.fits(call, self.n):
+            probe = self._probe.get(key)
+            if probe is None or len(probe[0]) != len(call.args) or len(probe[2]) != len(call.outs):
+                self._stale = True
+                tpl = _Template(tuple(0 for _ in call.args), {k: 0 for k in call.kwargs}, [0 for _ in call.outs])
+            else:
+                m = self._probe_n
+                tpl = _Template(
+                    tuple(
+                        _bdim(s, p, self.n, m) if s is not None and p is not None else None
+                        for s, p in zip(shapes[0], probe[0])
+                    ),
+                    {
+                        k: (
+                            _bdim(s, probe[1].get(k), self.n, m)
+                            if s is not None and probe[1].get(k) is not None
+                            else None
+                        )
+                        for k, s in shapes[1].items()
+                    },
+                    [_bdim(s, p, self.n, m) if p is not None else "?" for s, p in zip(shapes[2], probe[2])],
+                )
+                self._templates[key] = tpl
+        call.arg_bdims = tuple(None if d == "?" else d for d in tpl.arg_bdims)
+        call.kw_bdims = {k: (None if d == "?" else d) for k, d in tpl.kw_bdims.items()}
+        call.out_bdims = [None if d == "?" else d for d in tpl.out_bdims]
+        call.cache["unsupported"] = not tpl.ok
+        replaced = None
+        expand = [d is None for d in tpl.out_bdims] if not self._expand_off else [False] * len(call.outs)
+        if any(expand) or rule in self._clone:
+            ids = {id(o): i for i, o in enumerate(call.outs)}
+
+            def swap(t: Tensor) -> Tensor:
+                i = ids.get(id(t))
+                if i is None:
+                    return t
+                new = _broadcast(t, self.n) if expand[i] else t
+                call.outs[i] = new  # the recorded tensor; downstream gets a copy when it edits in place
+                return new.clone() if rule in self._clone else new
+
+            replaced = _map_tensors(out, swap)
+        if self._expand_off:
+            call.cache["unsupported"] = call.cache["unsupported"] or any(d is None for d in tpl.out_bdims)
+        call.versions = [o._version for o in call.outs]
+        calls.append(call)
+        return replaced
+
+    # --- one batch ---------------------------------------------------------------------------------------
+    def forward(self, batch: Batch) -> Tensor:
+        """Run the network on a batch (on the network's device), recording module calls; returns outputs
+        ``[n, *P, C]`` (with graph)."""
+        for _ in range(3):
             self.calls = {}
-            self._active = True
+            self.n = batch.n
+            self._stale = False
+            self.recording = True
             try:
                 with torch.enable_grad():
-                    out = self.net(as_input(x, self.params[0]))
+                    out = self.adapter.outputs(self.adapter.call(self.net, batch))
             finally:
-                self._active = False
+                self.recording = False
             if not isinstance(out, Tensor):
-                raise ParameterError(f"the network must return a tensor [n, C], got {type(out).__name__}")
+                raise ParameterError(f"the network's outputs must be a tensor, got {type(out).__name__}")
             changed = {r for r, cs in self.calls.items() for c in cs if [o._version for o in c.outs] != c.versions}
             if not changed:
                 return out
             self._clone |= changed  # an in-place op downstream modified a recorded output: copy it
         raise FisherKLError(f"layer outputs were modified in place and could not be protected: {changed}")
 
-    def backward(self, out: Tensor, e: Tensor, keep_graph: bool = False) -> None:
-        """Backpropagate the R cotangent rows ``e [n, R, C]`` to every recorded layer output.
+    def probe(self, batch: Batch) -> Tensor:
+        """Forward on 2–3 examples of ``batch`` recording only shapes (see the module doc); returns their
+        outputs and the index of those examples in ``batch``."""
+        n = batch.n
+        idx = torch.tensor([0, 1] if n >= 3 else ([0, 1, 0] if n == 2 else [0, 0]))
+        sub = batch.take(idx)
+        self._probe, self._probe_n, self._mode = {}, int(idx.numel()), "probe"
+        self.calls, self.n, self.recording = {}, sub.n, True
+        try:
+            with torch.enable_grad():
+                out = self.adapter.outputs(self.adapter.call(self.net, sub))
+        finally:
+            self.recording, self._mode, self.calls = False, "main", {}
+        self._templates = {}
+        self._probe_index = idx
+        return out.detach()
 
-        One backward pass per row, through the activations only (never to the weights); each call
-        keeps the R gradients of its outputs (``Call.rows``, stacked to ``[R, n, ...]`` only when a rule
-        asks for ``Call.grads``). (This beats a vmapped backward,
-        ``is_grads_batched``, which falls back to a slow loop for convolutions and pooling.) The graph
-        is freed after the last row unless ``keep_graph``.
-        """
+    def backward(self, out: Tensor, rows: Tensor, keep_graph: bool = False) -> None:
+        """Backpropagate cotangent rows ``[k, n, *P, C]`` to every recorded output, one pass per row through the
+        activations only (this beats a vmapped backward, which falls back to a loop for convolutions and
+        pooling); each call keeps the k gradients of its outputs, batch first. The graph is freed after the
+        last row unless ``keep_graph``."""
         calls = [c for cs in self.calls.values() for c in cs]
         targets = [o for c in calls for o in c.outs]
-        rows = e.transpose(0, 1).to(out.dtype)  # [R, n, C]
-        n_rows = rows.shape[0]
+        rows = rows.to(out.dtype)
         per_out: list[list[Tensor]] = [[] for _ in targets]
-        for r in range(n_rows):
-            keep = keep_graph or r < n_rows - 1
-            gs = torch.autograd.grad(out, targets, rows[r], retain_graph=keep, materialize_grads=True)
-            for lst, g in zip(per_out, gs):
-                lst.append(g)
+        k = rows.shape[0]
+        if targets:
+            for r in range(k):
+                keep = keep_graph or r < k - 1
+                gs = torch.autograd.grad(out, targets, rows[r], retain_graph=keep, materialize_grads=True)
+                for lst, g in zip(per_out, gs):
+                    lst.append(g)
         at = 0
         for c in calls:
-            c.set_rows(per_out[at : at + len(c.outs)])
+            grads = per_out[at : at + len(c.outs)]
+            c.set_rows([[g.movedim(d, 0) for g in gs] if d else gs for gs, d in zip(grads, c.out_bdims)])
             at += len(c.outs)
-        for r, cs in self.calls.items():
-            for c in cs:
-                if not c.outs:
-                    raise FisherKLError(f"{r}: its output does not depend on its parameters")
 
-    def verify(self, x: Tensor, e: Tensor, m: int = 8) -> None:
-        """Check that per-example gradients sum to the batch gradient, on the first ``m`` examples of
-        a batch (their own forward and backward, so the check costs about m/n of the batch): catches
-        layers whose parameters are used outside their forward, and examples that interact."""
-        m = min(x.shape[0], m)
-        saved = self.calls
+    def check_batch(self, batch: Batch, out: Tensor, probe_out: Tensor | None) -> None:
+        """The first-batch checks of the module doc: independence, then completeness (finding parameters
+        for the network rule)."""
+        if probe_out is not None:
+            mine = out.detach()[self._probe_index.to(out.device)]
+            tol = 1e-4 if out.dtype in (torch.float32, torch.bfloat16, torch.float16) else 1e-9
+            if mine.shape != probe_out.shape or not torch.allclose(
+                mine, probe_out, rtol=tol, atol=tol * float(mine.abs().max().clamp_min(1))
+            ):
+                raise RouteError(
+                    "the network's output for an example depends on the other examples in the batch (e.g. BatchNorm "
+                    "in training mode, attention or pooling across the batch), so there is no per-example Fisher; "
+                    "call net.eval() or fix the network"
+                )
+        unsupported = {
+            n
+            for r, cs in self.calls.items()
+            for c in cs
+            if c.cache.get("unsupported") or not r.supports(c)
+            for n in r.names
+        }
+        bad = self._verify(batch, unsupported) if self.check else set()
+        orphans = sorted(unsupported | bad, key=self.layout.names.index)
+        if orphans:
+            self.network_rule = NetworkRule(self.net, self.adapter, orphans, self.by_name)
+            for r in self.rules:
+                r.names = [n for n in r.names if n not in orphans]
+        self.checked = True
+
+    def _verify(self, batch: Batch, skip: set[str], m: int = 8) -> set[str]:
+        """Names of parameters whose per-example gradients (from the rules) do not add up to the batch
+        gradient for a random cotangent on the first ``m`` examples."""
+        m = min(batch.n, m)
+        sub = batch.take(torch.arange(m))
+        saved, saved_n = self.calls, self.n
         try:
-            out = self.forward(x[:m])
+            out = self.forward(sub)
             calls = [c for cs in self.calls.values() for c in cs]
             targets = [o for c in calls for o in c.outs]
+            gen = torch.Generator(device=out.device).manual_seed(12345)
+            e = torch.randn(out.shape, dtype=out.dtype, device=out.device, generator=gen)
             k = len(self.params)
-            both = torch.autograd.grad(out, self.params + targets, e[:m, 0].to(out.dtype), allow_unused=True)
+            both = torch.autograd.grad(out, self.params + targets, e, allow_unused=True)
             want, at = both[:k], k
-            for c in calls:  # one row: [1, m, ...]
-                c.grads = [(torch.zeros_like(o) if g is None else g).unsqueeze(0) for o, g in zip(c.outs, both[at:])]
+            for c in calls:
+                gs = [torch.zeros_like(o) if g is None else g for o, g in zip(c.outs, both[at : at + len(c.outs)])]
+                c.set_rows([[g.movedim(d, 0) if d else g] for g, d in zip(gs, c.out_bdims)])
                 at += len(c.outs)
-            got = self.per_example(self.rules, slice(0, m))
+            got: dict[str, Tensor] = {}
+            for r in self.rules:
+                cs = [c for c in self.calls.get(r, []) if not (c.cache.get("unsupported") or not r.supports(c))]
+                if not cs or not (set(r.names) - skip):
+                    continue
+                try:
+                    pe = r.per_example(cs, slice(0, m))
+                except Exception:  # a rule that cannot handle this call: its parameters go to the network rule
+                    skip |= set(r.names)
+                    continue
+                for name, v in pe.items():
+                    s = v[0].sum(0)
+                    got[name] = got[name] + s if name in got else s
         finally:
-            self.calls = saved
-        names = list(self.layout.names)
-        ws = [torch.zeros_like(p) if w is None else w for p, w in zip(self.params, want)]
-        gs = [got[k][0].sum(0) if k in got else torch.zeros_like(w) for k, w in zip(names, ws)]
-        fg, fw = torch.cat([g.reshape(-1) for g in gs]), torch.cat([w.reshape(-1) for w in ws])
-        tol = 1e-4 if fw.dtype == torch.float32 else 1e-8
-        bad = (fg - fw).abs_() > tol * (1 + fw.abs().max() + fw.abs())  # one test for all parameters
-        if bool(bad.any()):
-            first = int(bad.nonzero()[0, 0])
-            name = next(k for k in names if self.layout.slice(k).start <= first < self.layout.slice(k).stop)
-            owner = [r for r in self.rules if name in r.names]
-            raise RouteError(
-                f"parameter {name!r} ({owner[0] if owner else 'no layer'}): per-example gradients do not add up to "
-                "the batch gradient — the parameter is used outside its layer's forward, or examples interact "
-                "(e.g. BatchNorm in training mode); use representation='implicit' or restructure the network"
+            self.calls, self.n = saved, saved_n
+        bad = set()
+        tol = 1e-4 if self.dtype in (torch.float32, torch.bfloat16, torch.float16) else 1e-8
+        for name, w in zip(self.layout.names, want):
+            if name in skip:
+                continue
+            w = (
+                torch.zeros(self.layout.shapes[self.layout.index(name)], dtype=self.dtype, device=self.device)
+                if w is None
+                else w
             )
+            g = got.get(name, torch.zeros_like(w))
+            scale = 1 + float(w.abs().max()) if w.numel() else 1.0
+            if g.shape != w.shape or bool(((g - w).abs() > tol * scale).any()):
+                bad.add(name)
+        return bad
 
-    def per_example(self, rules: Iterable[Rule], sl: slice, rows: int | None = None) -> dict[str, Tensor]:
+    def per_example(self, rules: Iterable[Rule], sl: slice) -> dict[str, Tensor]:
         """Per-example gradients ``{name: [R, m, *shape]}`` for examples ``sl`` (tied parameters summed)."""
         out: dict[str, Tensor] = {}
         for r in rules:
             calls = self.calls.get(r)
             if not calls:
                 continue
-            if rows is not None:
-                calls = [_first_rows(c, rows) for c in calls]
             for k, v in r.per_example(calls, sl).items():
+                if k not in r.names:
+                    continue
                 out[k] = out[k] + v if k in out else v
-        return out
-
-    def kron_gram(self, names: list[str]) -> Tensor | None:
-        """Σₙ Σᵣ gₙᵣ gₙᵣᵀ over the parameters ``names`` (flat, in that order) for the current batch, by the
-        Kronecker structure of Linear layers without weight sharing: for layers k, l the block is
-        Σₙ (Σᵣ gₙᵣᵏ gₙᵣˡᵀ) ⊗ (âₙᵏ âₙˡᵀ), n·p² work instead of n·R·p² through per-example gradients.
-
-        Returns None (use per-example gradients) unless ``names`` are exactly the parameters of such
-        layers, each layer's weight then bias, called once per batch and not tied.
-        """
-        rules = [r for r in self.rules if any(k in names for k in r.names)]
-        if not rules or [k for r in rules for k in r.names] != list(names):
-            return None
-        parts = []
-        for r in rules:
-            calls = self.calls.get(r) or []
-            if type(r) is not LinearRule or not r.kronecker or len(calls) != 1 or set(r.names) & self.tied:
-                return None
-            at = r.at(calls[0])
-            if at.shape[-1] != 1 or r.names != [k for k in (r.weight_name, r.bias_name) if k is not None]:
-                return None
-            a = at[..., 0]
-            if r.has_bias:
-                a = torch.cat([a, a.new_ones(a.shape[0], 1)], 1)
-            w = a.shape[1]
-            idx = torch.arange(r.d_out * w, device=a.device).reshape(r.d_out, w)
-            order = torch.cat([idx[:, : r.d_in].reshape(-1), idx[:, r.d_in :].reshape(-1)])  # weight, then bias
-            parts.append((a, r.gt(calls[0])[..., 0].permute(1, 2, 0), order))  # â [n, w], g [n, d_out, R]
-        size = sum(len(o) for _, _, o in parts)
-        out = torch.empty(size, size, dtype=parts[0][0].dtype, device=parts[0][0].device)
-        starts = [0]
-        for _, _, o in parts:
-            starts.append(starts[-1] + len(o))
-        n = parts[0][0].shape[0]
-        for i, (ai, gi, oi) in enumerate(parts):
-            for j in range(i, len(parts)):
-                aj, gj, oj = parts[j]
-                di, dj, wi, wj = gi.shape[1], gj.shape[1], ai.shape[1], aj.shape[1]
-                k = torch.zeros(di * dj, wi * wj, dtype=out.dtype, device=out.device)
-                step = self.chunk(1, max(di * dj, wi * wj))
-                for s in range(0, n, step):
-                    gg = torch.bmm(gi[s : s + step], gj[s : s + step].transpose(1, 2)).reshape(-1, di * dj)
-                    aa = (ai[s : s + step, :, None] * aj[s : s + step, None, :]).reshape(-1, wi * wj)
-                    k += gg.T @ aa
-                k = k.reshape(di, dj, wi, wj).permute(0, 2, 1, 3).reshape(di * wi, dj * wj)[oi][:, oj]
-                out[starts[i] : starts[i + 1], starts[j] : starts[j + 1]] = k
-                if j != i:
-                    out[starts[j] : starts[j + 1], starts[i] : starts[i + 1]] = k.T
         return out
 
     def chunk(self, r: int, width: int) -> int:
@@ -259,65 +474,140 @@ class Engine:
         size = torch.empty((), dtype=self.dtype).element_size()
         return max(1, CHUNK_BYTES // max(1, r * width * size))
 
+    def rows_per_chunk(self) -> int:
+        """Cotangent rows backpropagated at once, so that their recorded gradients fit in ``ROW_BYTES``."""
+        per_row = sum(o.numel() for cs in self.calls.values() for c in cs for o in c.outs)
+        size = torch.empty((), dtype=self.dtype).element_size()
+        return max(1, ROW_BYTES // max(1, per_row * size))
+
     def run(
-        self, batches: Iterable[Batch], head: Head, kind: str, mc_samples: int, gen_for: Any, stats: list[Any]
+        self,
+        batches: Iterable[Any],
+        head: Head,
+        kind: str,
+        mc_samples: int,
+        gen_for: Any,
+        stats: list[Any],
+        positions: str = "sum",
     ) -> int:
-        """Stream the data: for every batch, forward, cotangents, batched backward, then each stat's
-        ``add(engine, n)``. Returns the number of examples N."""
+        """Stream the data: for every batch, forward, cotangent rows, chunked backward with each stat's
+        ``add_rows(engine)``, then ``end_batch(engine, count)``. Returns the total count (examples, or
+        unmasked positions with ``positions="mean"``)."""
         total = 0
         with self:
-            for index, (x, y) in enumerate(batches):
-                out = self.forward(x)
+            for index, raw in enumerate(batches):
+                batch, out = self.prepare(self.adapter.batch(raw))
                 head.check(out)
-                e = cotangents(head, out, y, kind, mc_samples, gen_for(index))
-                self.backward(out, e)
-                del out
-                if index == 0 and self.check and not self.separable:
-                    self.verify(x, e)
+                labels, mask = self.adapter.targets(batch, out, head.index_labels)
+                rows = Rows(head, out, labels, mask, kind, mc_samples, gen_for(index))
                 for s in stats:
-                    s.add(self, x.shape[0])
-                total += int(x.shape[0])
+                    if not getattr(s, "ready", True):
+                        s.setup(self)
+                k = self.rows_per_chunk()
+                chunks = list(range(0, rows.count, k)) or [0]
+                for i, chunk in enumerate(rows.chunks(k)):
+                    self.backward(out, chunk, keep_graph=i < len(chunks) - 1)
+                    for s in stats:
+                        s.add_rows(self)
+                if rows.count == 0:
+                    del out
+                if positions == "sum":
+                    count = batch.n
+                else:
+                    count = int(mask.sum()) if mask is not None else math.prod(out.shape[:-1])
+                for s in stats:
+                    s.end_batch(self, count)
+                total += count
                 self.calls = {}
-        if total == 0:
-            raise ParameterError("data: no examples")
         return total
+
+    def prepare(self, batch: Batch) -> tuple[Batch, Tensor]:
+        """The batch on the network's device and its forward, with the first-batch checks (or a new probe when
+        the calls changed shape)."""
+        batch = batch.to(self.params[0])
+        first = not self.checked
+        probe_out = self.probe(batch) if first and not self.separable else None
+        out = self.forward(batch)
+        if not first and self._stale and not self.separable:
+            self.probe(batch)
+            out = self.forward(batch)
+        if first and self.separable:
+            self.checked = True
+        elif first:
+            try:
+                self.check_batch(batch, out, probe_out)
+            except RouteError:
+                if self._expand_off or all(all(d is not None for d in t.out_bdims) for t in self._templates.values()):
+                    raise
+                # broadcasting batch-independent outputs may have changed the network: retry without it
+                self._expand_off = True
+                self.probe(batch)
+                out = self.forward(batch)
+                self.check_batch(batch, out, probe_out)
+        if self.network_rule is not None:
+            call = Call(batch.args, batch.kwargs, [out], n=batch.n)
+            call.arg_bdims = tuple(_batch_dim(a, batch.n) for a in call.args)
+            call.kw_bdims = {k: _batch_dim(v, batch.n) for k, v in call.kwargs.items()}
+            self.calls[self.network_rule] = [call]
+        return batch, out
+
+
+def _batch_dim(t: Any, n: int) -> int | None:
+    return 0 if isinstance(t, Tensor) and t.ndim > 0 and t.shape[0] == n else None
+
+
+def _broadcast(t: Tensor, n: int) -> Tensor:
+    """A batch-independent output broadcast over n examples (so that each gets its own gradient)."""
+    if t.ndim and t.shape[0] == 1:
+        return t.expand(n, *t.shape[1:])
+    return t.unsqueeze(0).expand(n, *t.shape)
+
+
+class _Restore:
+    """Undo a forward override."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def remove(self) -> None:
+        self.module.__dict__.pop("forward", None)
+
+
+def _bound_override(engine: Engine, rule: Rule, original: Callable[..., Any]) -> Callable[..., Any]:
+    """The module's forward during the engine's passes: the rule's own (it records its calls, batch first)."""
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        return rule.forward(engine, original, *args, **kwargs)
+
+    return forward
 
 
 def per_example_gradients(
-    net: nn.Module, x: Tensor, y: Tensor, head: str | Head | Any = "categorical"
+    net: nn.Module,
+    x: Any,
+    y: Tensor | None = None,
+    head: str | Head | Any = "categorical",
+    adapter: Adapter | None = None,
 ) -> dict[str, Tensor]:
     """Per-example gradients of the log-likelihood, ∇_w log p(yₙ | xₙ, w), as ``{name: [n, *shape]}``.
 
-    One forward and one backward through the activations; the layer rules (Linear, Conv2d: from
-    layer inputs and output gradients; other layers: torch.func on the layer alone) do the rest.
+    ``x`` is a batch as :class:`~fisherkl.nn.batch.Adapter` reads it (a tensor, a tuple of tensors, a dict);
+    ``y`` the labels (or inside the batch). One forward and one backward through the activations; the layer
+    rules do the rest. With positions, the gradient of an example sums over its (unmasked) positions.
     """
     from .heads import get_head
 
     h = get_head(head)
-    engine = Engine(net, check=False)
+    engine = Engine(net, check=True, adapter=adapter)
+    raw = x if y is None else (x, y)
     with engine:
-        out = engine.forward(x)
-        e = cotangents(h, h.check(out), y, "empirical", 1, None)
-        engine.backward(out, e)
-        del out
-        pe = engine.per_example(engine.rules, slice(None))
+        batch, out = engine.prepare(engine.adapter.batch(raw))
+        h.check(out)
+        labels, mask = engine.adapter.targets(batch, out, h.index_labels)
+        rows = Rows(h, out, labels, mask, "empirical")
+        engine.backward(out, next(rows.chunks(1)))
+        pe = engine.per_example(engine.active_rules, slice(None))
     return {k: v[0] for k, v in pe.items()}
-
-
-def _first_rows(c: Call, rows: int) -> Call:
-    out = Call(c.args, c.kwargs, c.outs, cache=c.cache)
-    out.set_rows([r[:rows] for r in c.rows])
-    return out
-
-
-def _clone_tensors(out: Any) -> Any:
-    if isinstance(out, Tensor):
-        return out.clone()
-    if isinstance(out, tuple):
-        return tuple(_clone_tensors(o) for o in out)
-    if isinstance(out, list):
-        return [_clone_tensors(o) for o in out]
-    return out
 
 
 _SEPARABLE = (
@@ -359,18 +649,3 @@ def _refuse_batch_coupling(name: str, m: nn.Module) -> None:
             f"layer {name!r} ({type(m).__name__}) normalises with batch statistics, so one example's output "
             "depends on the others and the per-example Fisher is undefined; call net.eval() first"
         )
-
-
-def _rule_for(name: str, m: nn.Module, local: list[str], names: list[str]) -> Rule:
-    extra = set(local) - {"weight", "bias"}
-    if isinstance(m, nn.Linear) and not extra:
-        return LinearRule(m, name, local, names)
-    if (
-        isinstance(m, nn.Conv2d)
-        and not extra
-        and m.groups == 1
-        and m.padding_mode == "zeros"
-        and not isinstance(m.padding, str)
-    ):
-        return Conv2dRule(m, name, local, names)
-    return GenericRule(m, name, local, names)

@@ -14,13 +14,14 @@ Several tasks: add one :class:`EWC` per task (each with its own anchor), or merg
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ParameterError
-from ..matrix import KFAC, FisherMatrix, KronBlock, from_state_dict
+from ..matrix import KFAC, FisherMatrix, from_state_dict
 from .fisher import fisher as nn_fisher
 from .heads import Head
 from .params import layout_of, parameters_vector
@@ -186,7 +187,7 @@ def merge_fishers(
             b0 = parts[0]
             a = sum(wi * b.tensors["A"] for wi, b in zip(w, parts)) / total
             g = sum(wi * b.tensors["G"] for wi, b in zip(w, parts))
-            blocks.append(KronBlock(b0.weight, b0.bias, b0.d_out, b0.d_in, {"A": a, "G": g}))
+            blocks.append(replace(b0, tensors={"A": a, "G": g}))
         rest = sum(wi * k.rest_diag for wi, k in zip(w, ks))
         return KFAC(blocks, ks[0].rest, rest, layout)  # type: ignore[arg-type]
     terms = [f * wi for f, wi in zip(fishers, w)]

@@ -1,8 +1,11 @@
 """The Fisher information of a network p(y | x, w) = Head(net(x)), over a stream of data.
 
-    F(w) = (1/N) Σₙ Jₙᵀ I_head(net(xₙ)) Jₙ,      Jₙ = ∂net(xₙ)/∂w  ``[C, p]``,
+    F(w) = (1/N) Σₙ Σₜ Jₙₜᵀ I_head(net(xₙ)ₜ) Jₙₜ,      Jₙₜ = ∂net(xₙ)ₜ/∂w  ``[C, p]``,
 
-the **mean** over examples, so that ½ δᵀ F δ ≈ mean over x of KL[p(y|x,w) ‖ p(y|x,w+δ)].
+the **mean** over examples (sequences) of the **sum** over their unmasked positions t (one term for a
+network with outputs ``[n, C]``), so that ½ δᵀ F δ ≈ mean over x of KL[p(y|x,w) ‖ p(y|x,w+δ)] with the KL
+of a sequence the sum of its positions' KLs (:func:`fisherkl.nn.kl` uses the same convention).
+``positions="mean"`` divides by the number of unmasked positions instead (a per-token mean).
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ from torch import nn
 from ..errors import FisherKLError, ParameterError, RouteError
 from ..matrix import Dense, FisherMatrix, Implicit, lowrank_of
 from ..matrix.base import DenseTooLargeError, all_reduce_sums, check_dense_fits, require_process_group
+from .batch import Adapter
 from .checkpoint import Checkpoint, batch_digest, net_digest, rank_path
 from .data import is_reiterable, n_batches, progress_bar, seed_generator
 from .distributed import broadcast_int, indexed_batches, rank_world, reduce_stat, shard_mode
 from .engine import KINDS, Engine
 from .heads import Head, get_head
-from .implicit import fisher_mm
+from .implicit import fisher_mm, fisher_mm_sums
 from .stats import BlockStat, DiagStat, EKFACStat, KFACStat, groups_by_layer
 
 REPRESENTATIONS = ("dense", "diag", "block", "kfac", "ekfac", "lowrank", "implicit")
@@ -48,18 +52,36 @@ def fisher(
     shard: bool | None = None,
     checkpoint: Any = None,
     checkpoint_every: int = 100,
+    adapter: Adapter | None = None,
+    positions: str = "sum",
 ) -> FisherMatrix:
     """The Fisher information of ``net`` with ``head``, averaged over ``data``, as a Fisher matrix.
 
     Parameters
     ----------
     net:
-        A ``torch.nn.Module`` mapping a batch x ``[n, ...]`` to outputs ``[n, C]``. It is used in its
-        current mode (call ``net.eval()`` for BatchNorm / Dropout). Parameters with
-        ``requires_grad=False`` are left out.
+        A ``torch.nn.Module`` mapping a batch to outputs ``[n, C]`` or ``[n, *P, C]`` (P: positions —
+        tokens, pixels, time steps — each with its own independent head). It is used in its current mode
+        (call ``net.eval()`` for BatchNorm / Dropout). Parameters with ``requires_grad=False`` are left out.
+        ``torch.compile`` / DDP wrappers are looked through. Layers: Linear, Conv1d/2d/3d (any groups,
+        stride, dilation, padding), Embedding, LayerNorm, RMSNorm, GroupNorm, BatchNorm (eval),
+        MultiheadAttention (and so ``nn.Transformer*`` layers), HuggingFace Conv1D have their own rules;
+        any other module is handled exactly by torch.func on that module; parameters used outside their
+        module (a tied head ``F.linear(h, emb.weight)``) by torch.func on the whole network.
     data:
-        A DataLoader, an iterable of ``(x, y)`` batches (or of x alone), or a tuple of tensors
-        ``(x, y)`` cut into batches of ``batch_size``. Streamed: memory does not grow with N.
+        A DataLoader or any iterable of batches, or a whole data set cut into batches of ``batch_size``
+        (a tensor x, a tuple of tensors (x, y), a dict of tensors). A batch is x, ``(inputs, y)`` with
+        inputs a tensor, tuple or dict, or a dict such as a HuggingFace batch (see ``adapter``).
+        Streamed: memory does not grow with N.
+    adapter:
+        How a batch becomes inputs, outputs, labels and a mask: :class:`fisherkl.nn.Adapter` (default:
+        labels from ``y`` or a dict's ``"labels"``; outputs from a tensor, a tuple's first element or
+        ``.logits``; labels equal to −100 masked). :func:`fisherkl.nn.causal_lm` for language models
+        (logits at position t predict token t + 1). A masked position contributes nothing to any kind or
+        representation.
+    positions:
+        ``"sum"`` (default): the Fisher of a sequence sums over its positions and F is the mean over
+        sequences; ``"mean"``: F is the mean over all unmasked positions (per token).
     head:
         ``"categorical"`` (logits), ``"bernoulli"`` (logits), ``"gaussian"`` (mean, σ = 1; pass
         ``heads.Gaussian(sigma)`` for another σ), ``"gaussian_var"`` (means then log-variances),
@@ -67,8 +89,10 @@ def fisher(
         torch Distribution (its Fisher in output coordinates by :func:`fisherkl.fisher`).
     kind:
         ``"exact"``: the expectation over the model's own y, via the head's square root (≈ C backward
-        rows per batch, batched). ``"mc"``: ``mc_samples`` labels sampled from the model per example
-        (unbiased, error ∝ 1/√mc_samples). ``"empirical"``: the observed labels y — this is **not**
+        rows per batch, batched; with positions, C − 1 rows **per position**, each a backward pass
+        through the whole batch — for language models with large vocabularies or long sequences use
+        ``"mc"``, whose cost does not grow with C or T). ``"mc"``: ``mc_samples`` labels sampled from the
+        model per example (unbiased, error ∝ 1/√mc_samples). ``"empirical"``: the observed labels y — this is **not**
         the Fisher information (it is the uncentred covariance of the loss gradients, and differs
         from the Fisher away from a perfect fit); it is offered because it is widely used.
     representation:
@@ -86,9 +110,11 @@ def fisher(
         Randomness of ``kind="mc"`` (labels are drawn per batch from a seed, so an implicit Fisher
         reuses the same labels in every product).
     check:
-        Verify on 8 examples of the first batch that per-example gradients add up to the batch gradient
-        (catches parameters used outside their layer's forward and examples that interact). Skipped for
-        an ``nn.Sequential`` of plain torch layers without tied weights, which can do neither.
+        On the first batch, verify on 8 examples with a random cotangent that the layer rules' per-example
+        gradients add up to the batch gradient; parameters for which they do not (used outside their
+        module's forward) are then handled by torch.func on the whole network, so the result stays exact.
+        Examples whose outputs depend on the rest of the batch are refused. Skipped for an
+        ``nn.Sequential`` of plain torch layers without tied weights, which can do neither.
     distributed, group, shard:
         ``distributed=True``: every rank of the initialised ``torch.distributed`` process ``group``
         (default: the world) calls ``fisher`` with the same arguments and gets the same Fisher, the
@@ -115,10 +141,13 @@ def fisher(
         raise RouteError(f"unknown representation {representation!r}; choose one of {', '.join(REPRESENTATIONS)}")
     if kfac_mode not in ("expand", "reduce"):
         raise RouteError(f"unknown kfac_mode {kfac_mode!r}; choose 'expand' or 'reduce'")
+    if positions not in ("sum", "mean"):
+        raise ParameterError(f"positions must be 'sum' or 'mean', got {positions!r}")
     if not isinstance(net, nn.Module):
         raise ParameterError(f"net must be a torch.nn.Module, got {type(net).__name__}")
     h = get_head(head)
-    engine = Engine(net, check=check)
+    engine = Engine(net, check=check, adapter=adapter)
+    net = engine.net
     layout = engine.layout
     my_rank, world = rank_world(group) if distributed else (0, 1)
     mode = shard_mode(data, world, shard)
@@ -154,6 +183,8 @@ def fisher(
             "rank": my_rank,
             "world_size": world,
             "shard": mode,
+            "adapter": repr(engine.adapter),
+            "positions": positions,
         }
         ckpt = Checkpoint(rank_path(checkpoint, my_rank, world), checkpoint_every, fp)
         saved = ckpt.load()
@@ -164,7 +195,7 @@ def fisher(
     def gen_for(_: int) -> torch.Generator | None:
         return seed_generator(base, current["index"], engine.device) if kind == "mc" else None
 
-    def own_batches() -> Iterator[tuple[int, torch.Tensor, torch.Tensor | None]]:
+    def own_batches() -> Iterator[tuple[int, Any]]:
         return indexed_batches(data, batch_size, my_rank, world, mode)
 
     total_batches = n_batches(data, batch_size)
@@ -198,10 +229,10 @@ def fisher(
         if ckpt is not None:
             tick.every, tick.save = ckpt.every, lambda: checkpoint_now(False)
 
-        def stream() -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-            for local, (g, x, y) in enumerate(own_batches()):
+        def stream() -> Iterator[Any]:
+            for local, (g, raw) in enumerate(own_batches()):
                 if local == 0:
-                    tick.data_hash = batch_digest(x)
+                    tick.data_hash = batch_digest(raw)
                     if data_hash is not None and data_hash != tick.data_hash:
                         raise FisherKLError(
                             f"checkpoint {ckpt.path if ckpt else ''}: the first batch differs from the one the "
@@ -211,7 +242,7 @@ def fisher(
                 if local < skip:
                     continue
                 current["index"] = g
-                yield x, y
+                yield raw
 
         it = iter(progress_bar(stream(), local_total, progress, desc))
         try:
@@ -219,7 +250,7 @@ def fisher(
         except StopIteration:  # this rank has no (more) batches
             pass
         else:
-            engine.run(itertools.chain([first], it), h, kind, mc_samples, gen_for, [stat, tick])
+            engine.run(itertools.chain([first], it), h, kind, mc_samples, gen_for, [stat, tick], positions)
         checkpoint_now(True)
         done_stats[phase] = stat.state()
 
@@ -260,24 +291,37 @@ def fisher(
         def exact_diag() -> torch.Tensor:
             d = DiagStat(engine)
             engine.run(
-                progress_bar((xy[1:] for xy in own_batches()), total_batches, progress, "Fisher diag"),
+                progress_bar((b for _, b in own_batches()), total_batches, progress, "Fisher diag"),
                 h,
                 kind,
                 mc_samples,
                 lambda i: seed_generator(base, i, engine.device) if kind == "mc" else None,
                 [d],
+                positions,
             )
             return d.flat(layout)
 
-        mm = fisher_mm(net, layout, data, h, kind, mc_samples, batch_size, gen_for_index(kind, base, engine))
+        mm = fisher_mm(
+            net,
+            layout,
+            data,
+            h,
+            kind,
+            mc_samples,
+            batch_size,
+            gen_for_index(kind, base, engine),
+            engine.adapter,
+            positions,
+        )
     else:
         shard_data = _Counted(own_batches, current)
-        local_mm = fisher_mm(net, layout, shard_data, h, kind, mc_samples, batch_size, gen_for)
+        local_mm = fisher_mm_sums(
+            net, layout, shard_data, h, kind, mc_samples, batch_size, gen_for, engine.adapter, positions
+        )
 
         def mm(v: torch.Tensor) -> torch.Tensor:
-            out = local_mm(v)
-            local = out * shard_data.n if shard_data.n > 0 else torch.zeros_like(v)
-            (s,), (n,) = all_reduce_sums([local], [shard_data.n], group)
+            local, count = local_mm(v)
+            (s,), (n,) = all_reduce_sums([local], [count], group)
             if n == 0:
                 raise ParameterError("data: no examples on any rank")
             return s / n
@@ -301,24 +345,27 @@ class _Tick:
         self.data_hash: str | None = None
         self.count = 0
 
-    def add(self, engine: Engine, n: int) -> None:
+    ready = True
+
+    def add_rows(self, engine: Engine) -> None:
+        pass
+
+    def end_batch(self, engine: Engine, count: int) -> None:
         self.done += 1
         if self.every and self.done % self.every == 0:
             self.save()
 
 
 class _Counted:
-    """This rank's batches as an iterable of ``(x, y)``, counting examples and tracking the global index."""
+    """This rank's batches, tracking the global batch index (for the Monte Carlo seeds)."""
 
     def __init__(self, source: Any, current: dict[str, int]) -> None:
-        self.source, self.current, self.n = source, current, 0
+        self.source, self.current = source, current
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        self.n = 0
-        for g, x, y in self.source():
+    def __iter__(self) -> Iterator[Any]:
+        for g, raw in self.source():
             self.current["index"] = g
-            self.n += int(x.shape[0])
-            yield x, y
+            yield raw
 
 
 def gen_for_index(kind: str, base: int, engine: Engine) -> Any:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import ParameterError
-from .data import as_input, batches
+from .batch import Adapter, get_adapter
+from .data import iter_raw, n_batches, progress_bar
+from .engine import fisher_passes, unwrap
 from .heads import Head, get_head
 
 
@@ -20,26 +23,48 @@ def kl(
     *,
     batch_size: int = 256,
     progress: bool | None = None,
+    adapter: Adapter | None = None,
+    positions: str = "sum",
 ) -> Tensor:
     """mean over x of KL[p(y | x, net_p) ‖ p(y | x, net_q)], exact per example (the head's KL).
 
-    With net_q = net_p shifted by δ this is what ½ δᵀ F δ predicts (F from :func:`fisherkl.nn.fisher`).
-    Returns a 0-d tensor.
+    With outputs ``[n, *P, C]`` the KL of an example is the sum over its unmasked positions (the head is
+    independent per position), and the result the mean over examples — or, with ``positions="mean"``, the
+    mean over unmasked positions; the same conventions as :func:`fisherkl.nn.fisher`, so that with net_q =
+    net_p shifted by δ this is what ½ δᵀ F δ predicts. ``adapter`` reads batches as there. Returns a 0-d tensor.
     """
+    if positions not in ("sum", "mean"):
+        raise ParameterError(f"positions must be 'sum' or 'mean', got {positions!r}")
+    for name, net in (("net_p", net_p), ("net_q", net_q)):
+        if not isinstance(net, nn.Module):
+            raise ParameterError(f"kl: {name} must be a torch.nn.Module, got {type(net).__name__}")
     h = get_head(head)
-    total, count = None, 0
-    like = next(iter(net_p.parameters()))
-    with torch.no_grad():
-        for x, _ in batches(data, batch_size, progress, "KL"):
-            xi = as_input(x, like)
-            fp, fq = h.check(net_p(xi)), h.check(net_q(xi))
+    ad = get_adapter(adapter)
+    net_p, net_q = unwrap(net_p), unwrap(net_q)
+    like = next(iter(net_p.parameters()), None)
+    if like is None:
+        raise ParameterError("kl: net_p has no parameters (its dtype and device are unknown)")
+    total: Tensor | None = None
+    count = 0
+    with torch.no_grad(), fisher_passes():
+        for raw in progress_bar(iter_raw(data, batch_size), n_batches(data, batch_size), progress, "KL"):
+            batch = ad.batch(raw).to(like)
+            fp = h.check(ad.outputs(ad.call(net_p, batch)))
+            fq = h.check(ad.outputs(ad.call(net_q, batch)))
             if fp.shape != fq.shape:
                 raise ParameterError(
                     f"kl: the networks' outputs differ in shape: {tuple(fp.shape)} vs {tuple(fq.shape)}"
                 )
-            s = h.kl(fp, fq).sum()
+            k = h.kl(fp, fq)
+            _, mask = ad.targets(batch, fp, h.index_labels)
+            if mask is not None:
+                k = torch.where(mask, k, torch.zeros_like(k))
+            s = k.sum()
             total = s if total is None else total + s
-            count += int(x.shape[0])
+            if positions == "sum":
+                count += batch.n
+            else:
+                count += int(mask.sum()) if mask is not None else math.prod(fp.shape[:-1])
     if total is None:
         raise ParameterError("data: no examples")
-    return total / count
+    return total / max(count, 1)

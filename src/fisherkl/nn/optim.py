@@ -25,13 +25,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import FisherKLError, ParameterError
-from ..matrix import EKFAC, KFAC, BlockDiagonal, Dense, Diagonal, FisherMatrix, KronBlock, from_state_dict
+from ..matrix import EKFAC, KFAC, BlockDiagonal, Dense, Diagonal, FisherMatrix, from_state_dict
 from .fisher import REPRESENTATIONS
 from .fisher import fisher as nn_fisher
 from .heads import Head
@@ -60,13 +61,7 @@ def average_fishers(old: FisherMatrix, new: FisherMatrix, ema: float) -> FisherM
     if isinstance(old, KFAC):
         assert isinstance(new, KFAC)
         blocks = [
-            KronBlock(
-                nb.weight,
-                nb.bias,
-                nb.d_out,
-                nb.d_in,
-                {k: a * ob.tensors[k] + b * nb.tensors[k] for k in ("A", "G")},
-            )
+            replace(nb, tensors={k: a * ob.tensors[k] + b * nb.tensors[k] for k in ("A", "G")})
             for ob, nb in zip(old.blocks, new.blocks)
         ]
         return KFAC(blocks, new.rest, a * old.rest_diag + b * new.rest_diag, new.layout)
@@ -75,13 +70,11 @@ def average_fishers(old: FisherMatrix, new: FisherMatrix, ema: float) -> FisherM
         blocks = []
         for ob, nb in zip(old.blocks, new.blocks):
             mg = nb.tensors["QG"].T @ ob.tensors["QG"]
-            ma = nb.tensors["QA"].T @ ob.tensors["QA"]
-            projected = (mg * mg) @ ob.tensors["S"] @ (ma * ma).T  # diag of the old block in the new basis
-            blocks.append(
-                KronBlock(
-                    nb.weight, nb.bias, nb.d_out, nb.d_in, {**nb.tensors, "S": a * projected + b * nb.tensors["S"]}
-                )
-            )
+            projected = (mg * mg) @ ob.tensors["S"]  # diag of the old block in the new basis
+            if "QA" in nb.tensors:
+                ma = nb.tensors["QA"].T @ ob.tensors["QA"]
+                projected = projected @ (ma * ma).T
+            blocks.append(replace(nb, tensors={**nb.tensors, "S": a * projected + b * nb.tensors["S"]}))
         return EKFAC(blocks, new.rest, a * old.rest_diag + b * new.rest_diag, new.layout)
     return new
 

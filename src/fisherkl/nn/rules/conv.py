@@ -1,0 +1,98 @@
+"""Convolutions (``nn.Conv1d``, ``nn.Conv2d``, ``nn.Conv3d``): linear maps after unfolding (im2col).
+
+The input, padded as the layer pads it (zeros, reflect, replicate, circular; ``"same"`` included), is
+unfolded to aᵀ ``[n, c·Πk, T]`` with T the output positions (any stride and dilation); the output
+gradients ``[R, n, c_out, *spatial]`` are already gᵀ. A grouped convolution is one linear map per group
+(rows ``[j·c_out/G, (j+1)·c_out/G)`` of the weight, read as ``[c_out, c_in/G·Πk]``, on the input channels of
+group j), so KFAC has one Kronecker block per group.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import Call, register
+from .linear import LinearPart, PartsRule
+
+
+def unfold(x: Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]) -> Tensor:
+    """im2col of x ``[n, c, *spatial]`` (already padded) → aᵀ ``[n, c·Πk, T]`` (one copy of a strided view,
+    stored ``[c·Πk, n, T]`` so that both a gemm over (n, T) and a bmm per example read it without a copy)."""
+    n, c, *sp = x.shape
+    out = [(s - d * (k - 1) - 1) // st + 1 for s, k, st, d in zip(sp, kernel, stride, dilation)]
+    s_n, s_c, *s_sp = x.stride()
+    size = (c, *kernel, n, *out)
+    strides = (s_c, *(s * d for s, d in zip(s_sp, dilation)), s_n, *(s * st for s, st in zip(s_sp, stride)))
+    cols = x.as_strided(size, strides)
+    return cols.reshape(c * math.prod(kernel), n, math.prod(out)).transpose(0, 1)
+
+
+class ConvRule(PartsRule):
+    """A convolution: one :class:`LinearPart` per group over the unfolded input."""
+
+    def __init__(self, module: nn.Module, module_name: str, params: list[tuple[nn.Module, str, str]]) -> None:
+        super().__init__(module, module_name, params)
+        m: nn.modules.conv._ConvNd = module  # type: ignore[assignment]
+        w = m.weight
+        groups = m.groups
+        c_out, cg_in = int(w.shape[0]), int(w.shape[1])
+        per = c_out // groups
+        k = math.prod(w.shape[2:])
+        weight, bias = self.name_of(m, "weight"), self.name_of(m, "bias")
+        self.parts = [
+            LinearPart(
+                weight,
+                bias,
+                tuple(w.shape),
+                per,
+                cg_in * k,
+                self._a_of(j, cg_in),
+                self._g_of(j * per, (j + 1) * per),
+                rows=None if groups == 1 else (j * per, (j + 1) * per),
+            )
+            for j in range(groups)
+        ]
+
+    def padded(self, call: Call) -> Tensor:
+        """The layer's input padded as its forward pads it ``[n, c, *spatial]``."""
+        if "padded" not in call.cache:
+            m: nn.modules.conv._ConvNd = self.module  # type: ignore[assignment]
+            x = call.arg(0)
+            pad = m._reversed_padding_repeated_twice
+            if any(pad):
+                x = F.pad(x, pad) if m.padding_mode == "zeros" else F.pad(x, pad, mode=m.padding_mode)
+            call.cache["padded"] = x
+        return call.cache["padded"]
+
+    def _a_of(self, j: int, cg: int) -> object:
+        def a_of(call: Call) -> Tensor:
+            key = f"at{j}"
+            if key not in call.cache:
+                m: nn.modules.conv._ConvNd = self.module  # type: ignore[assignment]
+                x = self.padded(call)
+                if m.groups > 1:
+                    x = x[:, j * cg : (j + 1) * cg]
+                call.cache[key] = unfold(x, tuple(m.kernel_size), tuple(m.stride), tuple(m.dilation))
+            return call.cache[key]
+
+        return a_of
+
+    @staticmethod
+    def _g_of(start: int, stop: int) -> object:
+        def g_of(call: Call, g: Tensor) -> Tensor:  # [R, n, c_out, *spatial] → [R, n, c_out/G, T]
+            g = g[:, :, start:stop] if stop - start != g.shape[2] else g
+            return g.reshape(g.shape[0], g.shape[1], stop - start, -1)
+
+        return g_of
+
+    def supports(self, call: Call) -> bool:
+        return call.arg(0).ndim == self.module.weight.ndim
+
+
+for _t in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+    register(_t)(ConvRule)
+
+__all__ = ["ConvRule", "unfold"]
