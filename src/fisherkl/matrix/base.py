@@ -85,6 +85,35 @@ def _restore_counts(f: FisherMatrix, state: Mapping[str, Any]) -> FisherMatrix:
     return f
 
 
+def _rename(s: str, mapping: Mapping[str, str]) -> str:
+    """A parameter name, or a block key ``name[a:b]``, under ``mapping``."""
+    if s in mapping:
+        return mapping[s]
+    head, bracket, tail = s.partition("[")
+    return mapping[head] + bracket + tail if bracket and head in mapping else s
+
+
+def _renamed(obj: Any, mapping: Mapping[str, str]) -> Any:
+    """A state dict with every parameter name (values, and the keys of ``row_counts``) renamed."""
+    if isinstance(obj, str):
+        return _rename(obj, mapping)
+    if isinstance(obj, Mapping):
+        out = {}
+        for k, v in obj.items():
+            if k == "type":
+                out[k] = v
+            elif k == "row_counts":
+                out[k] = {_rename(str(a), mapping): b for a, b in v.items()}
+            else:
+                out[k] = _renamed(v, mapping)
+        return out
+    if isinstance(obj, list):
+        return [_renamed(v, mapping) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(_renamed(v, mapping) for v in obj)
+    return obj
+
+
 def _group_src(dist: Any, group: Any) -> int:
     """The global rank of the group's first member (the source of broadcasts)."""
     if group is None:
@@ -352,6 +381,20 @@ class FisherMatrix(ABC):
         self.n_examples = counts["n"]
         if rows:
             self.row_counts = {k[5:]: v for k, v in counts.items() if k.startswith("rows:")}
+
+    def relabel(self, layout: ParamLayout) -> FisherMatrix:
+        """The same matrix over parameters with other names: ``layout`` must have the same shapes in the same
+        order (e.g. the layout of the network a Fisher was computed through a wrapper of)."""
+        if layout.shapes != self.layout.shapes:
+            raise ParameterError(
+                f"relabel: the layouts' parameter shapes differ: {list(self.layout.shapes)[:4]}… vs "
+                f"{list(layout.shapes)[:4]}…"
+            )
+        if layout == self.layout:
+            return self
+        mapping = dict(zip(self.layout.names, layout.names))
+        new = from_state_dict(_renamed(self.state_dict(), mapping))
+        return new
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Replace this matrix's contents by those saved in ``state`` (same type and layout)."""

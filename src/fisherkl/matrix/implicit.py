@@ -57,5 +57,10 @@ class Implicit(FisherMatrix):
             raise ParameterError(f"topk: k must be in 1..{self.p - 1} for an implicit Fisher, got {k}")
         return lanczos_topk(self, k)
 
+    def relabel(self, layout: ParamLayout) -> FisherMatrix:
+        if layout.shapes != self.layout.shapes:
+            raise FisherKLError("relabel: the layouts' parameter shapes differ")
+        return Implicit(self._fn, layout, self.dtype, self.device, self._diag_fn, self.scale)
+
     def _scaled(self, c: float) -> FisherMatrix:
         return Implicit(self._fn, self.layout, self.dtype, self.device, self._diag_fn, self.scale * c)

@@ -28,12 +28,12 @@ from ..matrix import FisherMatrix
 from ..matrix.base import DenseTooLargeError, check_dense_fits
 from .batch import Adapter, get_adapter
 from .data import iter_raw
-from .engine import fisher_passes
 from .fisher import REPRESENTATIONS
 from .fisher import fisher as nn_fisher
 from .heads import Head, get_head
 from .kl import kl as nn_kl
 from .params import layout_of, parameters_vector, perturbed
+from .passes import fisher_passes
 from .rows import safe_labels
 
 if TYPE_CHECKING:
@@ -230,7 +230,7 @@ def mean_loss(
         for raw in iter_raw(data, batch_size):
             batch = ad.batch(raw).to(like)
             out = head.check(ad.outputs(ad.call(net, batch)))
-            labels, mask = ad.targets(batch, out, head.index_labels)
+            labels, mask = ad.targets(batch, out)
             if labels is None:
                 raise ParameterError("this needs labels: give data as (x, y) batches (or a dict with labels)")
             lp = head.log_prob(out, safe_labels(head.check_labels(out, labels.to(out.device), mask), mask))

@@ -191,9 +191,10 @@ class Adapter:
             out = out[:, : -self.shift]
         return out
 
-    def targets(self, batch: Batch, outputs: Tensor, index_labels: bool) -> tuple[Tensor | None, Tensor | None]:
+    def targets(self, batch: Batch, outputs: Tensor) -> tuple[Tensor | None, Tensor | None]:
         """(labels, mask) aligned with outputs ``[n, *P, C]``: labels ``[n, *P]`` or ``[n, *P, C]`` (None if the
-        batch has none), mask ``[n, *P]`` bool (None: every position counts)."""
+        batch has none), mask ``[n, *P]`` bool (None: every position counts). Integer labels of shape
+        ``[n, *P]`` (class indices) equal to ``ignore_index`` are masked."""
         labels = batch.labels
         mask = self._explicit_mask(batch)
         if self.shift:
@@ -210,7 +211,6 @@ class Adapter:
             mask = mask.to(device=outputs.device, dtype=torch.bool)
         if (
             labels is not None
-            and index_labels
             and self.ignore_index is not None
             and not labels.is_floating_point()
             and tuple(labels.shape) == pos

@@ -22,10 +22,8 @@ The first batch is also checked, at the cost of two small extra forwards:
 
 from __future__ import annotations
 
-import contextlib
 import math
-import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -35,6 +33,7 @@ from ..errors import FisherKLError, ParameterError, RouteError
 from ..matrix.layout import ParamLayout
 from .batch import Adapter, Batch, get_adapter
 from .heads import Head
+from .passes import fisher_passes, unwrap
 from .rows import KINDS, Rows
 from .rules import Call, GenericRule, Rule, flat_tensors, rule_class
 from .rules.network import NetworkRule
@@ -43,39 +42,6 @@ __all__ = ["KINDS", "Engine", "fisher_passes", "per_example_gradients", "unwrap"
 
 ROW_BYTES = 256 * 1024**2  # gradients of the recorded outputs kept at once (one chunk of rows)
 CHUNK_BYTES = 64 * 1024**2  # per-example intermediates of a statistic
-
-
-def unwrap(net: nn.Module) -> nn.Module:
-    """The module that does the work: ``torch.compile`` and ``DistributedDataParallel`` wrappers removed
-    (fisherkl's passes run the original module eagerly; parameters are the same objects)."""
-    while True:
-        dyn = sys.modules.get("torch._dynamo.eval_frame")
-        if dyn is not None and isinstance(net, getattr(dyn, "OptimizedModule", ())):
-            net = net._orig_mod  # type: ignore[assignment]
-            continue
-        if isinstance(net, nn.parallel.DistributedDataParallel):
-            net = net.module
-            continue
-        return net
-
-
-@contextlib.contextmanager
-def fisher_passes(math_attention: bool = False) -> Iterator[None]:
-    """Settings for fisherkl's own passes: torch's fused inference paths of ``nn.MultiheadAttention`` and
-    ``nn.TransformerEncoderLayer`` off (they bypass the layers), and with ``math_attention`` the
-    scaled-dot-product attention kernel that supports forward-mode AD."""
-    old = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        if math_attention:
-            from torch.nn.attention import SDPBackend, sdpa_kernel
-
-            with sdpa_kernel([SDPBackend.MATH]):
-                yield
-        else:
-            yield
-    finally:
-        torch.backends.mha.set_fastpath_enabled(old)
 
 
 def _map_tensors(obj: Any, fn: Callable[[Tensor], Tensor]) -> Any:
@@ -498,7 +464,7 @@ class Engine:
             for index, raw in enumerate(batches):
                 batch, out = self.prepare(self.adapter.batch(raw))
                 head.check(out)
-                labels, mask = self.adapter.targets(batch, out, head.index_labels)
+                labels, mask = self.adapter.targets(batch, out)
                 rows = Rows(head, out, labels, mask, kind, mc_samples, gen_for(index))
                 for s in stats:
                     if not getattr(s, "ready", True):
@@ -603,7 +569,7 @@ def per_example_gradients(
     with engine:
         batch, out = engine.prepare(engine.adapter.batch(raw))
         h.check(out)
-        labels, mask = engine.adapter.targets(batch, out, h.index_labels)
+        labels, mask = engine.adapter.targets(batch, out)
         rows = Rows(h, out, labels, mask, "empirical")
         engine.backward(out, next(rows.chunks(1)))
         pe = engine.per_example(engine.active_rules, slice(None))

@@ -24,7 +24,7 @@ from ..errors import ParameterError
 from ..matrix import KFAC, FisherMatrix, from_state_dict
 from .fisher import fisher as nn_fisher
 from .heads import Head
-from .params import layout_of, parameters_vector
+from .params import align, layout_of, parameters_vector
 
 
 class _Quadratic(torch.autograd.Function):
@@ -93,12 +93,7 @@ class EWC(nn.Module):
             )
         if not (strength >= 0 and float(strength) < float("inf")):
             raise ParameterError(f"strength must be a finite number >= 0, got {strength}")
-        layout = layout_of(net)
-        if fisher.layout != layout:
-            raise ParameterError(
-                "fisher: its parameter layout differs from the network's (names/shapes of the parameters that require "
-                f"grad): {list(fisher.layout.names)[:4]}… vs {list(layout.names)[:4]}…"
-            )
+        fisher = align(fisher, net)
         self._net = [net]  # a list, so that the network is not a submodule
         self.fisher = fisher
         self.strength = float(strength)

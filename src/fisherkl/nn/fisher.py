@@ -11,6 +11,7 @@ of a sequence the sum of its positions' KLs (:func:`fisherkl.nn.kl` uses the sam
 from __future__ import annotations
 
 import itertools
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -262,19 +263,24 @@ def fisher(
             raise ParameterError("data: no examples" + (" on any rank" if distributed else ""))
         return stat
 
+    def done(m: FisherMatrix) -> FisherMatrix:
+        """Keep references to the parameters (so that the matrix serves the same network reached another way)."""
+        m.param_refs = tuple(weakref.ref(p) for p in engine.params)  # type: ignore[attr-defined]
+        return m
+
     if representation == "diag":
-        return collect("main", DiagStat(engine), "Fisher diag").finish(layout)
+        return done(collect("main", DiagStat(engine), "Fisher diag").finish(layout))
     if representation in ("dense", "block") or (representation == "lowrank" and not lanczos):
         groups = groups_by_layer(engine) if representation == "block" else [list(layout.names)]
         stat = collect("main", BlockStat(engine, groups), f"Fisher {representation}")
         if representation == "block":
-            return stat.finish_blocks(layout)
+            return done(stat.finish_blocks(layout))
         dense: Dense = stat.finish_dense(layout)
-        return dense if representation == "dense" else lowrank_of(dense, min(rank, layout.numel))
+        return done(dense if representation == "dense" else lowrank_of(dense, min(rank, layout.numel)))
     if representation in ("kfac", "ekfac"):
         kfac = collect("kfac", KFACStat(engine, kfac_mode), "KFAC factors")
         if representation == "kfac":
-            return kfac.finish(layout)
+            return done(kfac.finish(layout))
         needs_reiterable(data, "ekfac")
         ekfac = EKFACStat(kfac)
         if distributed:  # one eigenbasis for all ranks (eigh of the same reduced factors, made certain)
@@ -282,8 +288,9 @@ def fisher(
             src = 0 if group is None else int(dist.get_global_rank(group, 0))
             for qg, qa in ekfac.bases.values():
                 dist.broadcast(qg, src=src, group=group)
-                dist.broadcast(qa, src=src, group=group)
-        return collect("ekfac", ekfac, "EKFAC scales").finish(layout)
+                if qa is not None:
+                    dist.broadcast(qa, src=src, group=group)
+        return done(collect("ekfac", ekfac, "EKFAC scales").finish(layout))
 
     needs_reiterable(data, representation)
     if not distributed:
@@ -331,8 +338,8 @@ def fisher(
 
     implicit = Implicit(mm, layout, engine.dtype, engine.device, diag_fn=exact_diag)
     if representation == "implicit":
-        return implicit
-    return lowrank_of(implicit, rank)
+        return done(implicit)
+    return done(lowrank_of(implicit, rank))
 
 
 class _Tick:

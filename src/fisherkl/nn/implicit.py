@@ -21,9 +21,9 @@ from torch.func import functional_call
 from ..matrix.layout import ParamLayout
 from .batch import Adapter
 from .data import iter_raw
-from .engine import fisher_passes
 from .heads import Head
 from .params import preserved_parameters
+from .passes import fisher_passes
 from .rows import Rows
 
 
@@ -64,7 +64,7 @@ def fisher_mm_sums(
                         # push tangents forward through the saved (dual) tensors, about doubling its cost
                         head.check(f)
                         if j == 0:
-                            labels, mask = adapter.targets(batch, f, head.index_labels)
+                            labels, mask = adapter.targets(batch, f)
                         if kind == "exact":
                             w = head.fisher_mv(f.detach(), u)
                             if mask is not None:

@@ -11,8 +11,8 @@ from torch import Tensor, nn
 from ..errors import ParameterError
 from .batch import Adapter, get_adapter
 from .data import iter_raw, n_batches, progress_bar
-from .engine import fisher_passes, unwrap
 from .heads import Head, get_head
+from .passes import fisher_passes, unwrap
 
 
 def kl(
@@ -56,7 +56,7 @@ def kl(
                     f"kl: the networks' outputs differ in shape: {tuple(fp.shape)} vs {tuple(fq.shape)}"
                 )
             k = h.kl(fp, fq)
-            _, mask = ad.targets(batch, fp, h.index_labels)
+            _, mask = ad.targets(batch, fp)
             if mask is not None:
                 k = torch.where(mask, k, torch.zeros_like(k))
             s = k.sum()

@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import ParameterError
+from ..matrix import FisherMatrix
 from ..matrix.layout import ParamLayout
 
 
@@ -35,6 +37,28 @@ def perturbed(net: nn.Module, delta: Any) -> nn.Module:
             if name in parts:
                 p.add_(parts[name].to(dtype=p.dtype, device=p.device))
     return other
+
+
+def align(fisher: FisherMatrix, net: nn.Module, what: str = "fisher") -> FisherMatrix:
+    """``fisher`` over the parameters of ``net`` that require grad, matched by **identity**, not by the module
+    path they were reached through: a Fisher computed on ``Wrapper(net)`` (names ``m.tok.weight``) serves
+    ``net`` (``tok.weight``). Parameters are matched by the references :func:`fisherkl.nn.fisher` keeps,
+    else by a unique name suffix with the same shape; they must be the same parameters in the same order."""
+    layout = layout_of(net)
+    if fisher.layout == layout:
+        return fisher
+    mine = [p for p in net.parameters() if p.requires_grad]
+    refs = getattr(fisher, "param_refs", None)
+    if refs is not None and len(refs) == len(mine) and all(r() is p for r, p in zip(refs, mine)):
+        return fisher.relabel(layout)
+    theirs = list(fisher.layout.names)
+    if len(theirs) == len(layout.names) and fisher.layout.shapes == layout.shapes:
+        if all(t == n or t.endswith("." + n) or n.endswith("." + t) for t, n in zip(theirs, layout.names)):
+            return fisher.relabel(layout)
+    raise ParameterError(
+        f"{what}: its parameters are not those of the network (names/shapes of the parameters that require grad, "
+        f"in order): {theirs[:4]}… vs {list(layout.names)[:4]}…"
+    )
 
 
 @contextlib.contextmanager

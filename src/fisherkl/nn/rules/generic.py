@@ -12,10 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call, vjp, vmap
 
 from ..params import preserved_parameters
+from ..passes import fisher_passes
 from .base import Call, Rule, flat_tensors
 
 
@@ -50,27 +52,28 @@ class GenericRule(Rule):
         return total
 
     def _one_call(self, c: Call, sl: slice, params: dict[str, Tensor]) -> dict[str, Tensor]:
-        module, outputs_of, out_dims = self.module, self.outputs_of, list(c.out_bdims)
+        module, outputs_of = self.module, self.outputs_of
 
-        def loss(pr: dict[str, Tensor], a1: tuple[Any, ...], k1: dict[str, Any], gs: list[Tensor]) -> Tensor:
-            outs = outputs_of(functional_call(module, pr, a1, k1))
-            terms = [((o.select(d, 0) if d is not None else o) * g).sum() for o, g, d in zip(outs, gs, out_dims)]
-            return sum(terms[1:], terms[0])
+        def outputs(pr: dict[str, Tensor], a1: tuple[Any, ...], k1: dict[str, Any]) -> list[Tensor]:
+            return outputs_of(functional_call(module, pr, a1, k1))
 
-        with preserved_parameters(module):
-            return vmapped_grads(loss, params, c, sl, c.grads)
+        with preserved_parameters(module), fisher_passes(math_attention=True):
+            return example_grads(outputs, params, c, sl, c.grads, list(c.out_bdims))
 
 
-def vmapped_grads(
-    loss: Callable[[dict[str, Tensor], tuple[Any, ...], dict[str, Any], list[Tensor]], Tensor],
+def example_grads(
+    outputs: Callable[[dict[str, Tensor], tuple[Any, ...], dict[str, Any]], list[Tensor]],
     params: dict[str, Tensor],
     c: Call,
     sl: slice,
     grads: list[Tensor],
+    out_dims: list[int | None],
 ) -> dict[str, Tensor]:
-    """Per-example gradients ``{name: [R, m, *shape]}`` of ``loss(params, args₁, kwargs₁, gradsₙᵣ)`` — the call's
-    inputs for one example with a batch dimension of size 1 where they have one — for examples ``sl``,
-    vmapped over examples and over the R rows of ``grads`` (``[R, n, ...]`` each)."""
+    """Per-example gradients ``{name: [R, m, *shape]}`` of Σᵢ ⟨outputsᵢ(params, x₁), gᵢ⟩ for examples ``sl``:
+    ``outputs`` runs one example (inputs with a batch dimension of size 1 where they have one; output i
+    has its batch dimension at ``out_dims[i]``, or none), ``grads`` are the recorded gradients ``[R, n, ...]``
+    of those outputs, batch first. Vmapped over examples (one vjp each) and rows; modules that vmap cannot
+    run (recurrent layers' fused kernels, data-dependent control flow) are done example by example."""
     start = sl.start or 0
     stop = min(c.n, sl.stop if sl.stop is not None else c.n)
     args = tuple(_narrow(a, d, start, stop) for a, d in zip(c.args, c.arg_bdims))
@@ -79,13 +82,35 @@ def vmapped_grads(
     kw_dims = {k: (c.kw_bdims.get(k) if isinstance(v, Tensor) else None) for k, v in c.kwargs.items()}
     gs = [g[:, start:stop] for g in grads]
 
+    def cot(g: Tensor, d: int | None, lead: int) -> Tensor:  # a gradient without its batch dim → the output's shape
+        return g if d is None else g.unsqueeze(lead + d)
+
     def one(args_i: tuple[Any, ...], kwargs_i: dict[str, Any], gs_i: list[Tensor]) -> dict[str, Tensor]:
         a1 = tuple(a.unsqueeze(d) if d is not None else a for a, d in zip(args_i, arg_dims))
         k1 = {k: (v.unsqueeze(kw_dims[k]) if kw_dims[k] is not None else v) for k, v in kwargs_i.items()}
-        return grad(lambda pr: loss(pr, a1, k1, gs_i))(params)
+        _, pull = vjp(lambda pr: tuple(outputs(pr, a1, k1)), params)
+        return vmap(pull)(tuple(cot(g, d, 1) for g, d in zip(gs_i, out_dims)))[0]
 
-    inner: Callable[..., dict[str, Tensor]] = vmap(one, in_dims=(arg_dims, kw_dims, 0))
-    return vmap(inner, in_dims=(None, None, 0))(args, kwargs, gs)
+    try:
+        with torch.no_grad():  # the results must not keep a graph to the network's other parameters
+            pe = vmap(one, in_dims=(arg_dims, kw_dims, 1))(args, kwargs, gs)
+        return {k: v.movedim(0, 1).detach() for k, v in pe.items()}
+    except (RuntimeError, NotImplementedError, ValueError):
+        pass
+    rows = gs[0].shape[0] if gs else 0
+    out: dict[str, list[list[Tensor]]] = {k: [[] for _ in range(rows)] for k in params}
+    for i in range(stop - start):
+        a1 = tuple(_narrow(a, d, i, i + 1) for a, d in zip(args, arg_dims))
+        k1 = {k: _narrow(v, kw_dims[k], i, i + 1) for k, v in kwargs.items()}
+        leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        with torch.enable_grad():
+            outs = outputs(leaves, a1, k1)
+        for r in range(rows):
+            cots = [cot(g[r, i], d, 0) for g, d in zip(gs, out_dims)]
+            got = torch.autograd.grad(outs, list(leaves.values()), cots, retain_graph=r < rows - 1, allow_unused=True)
+            for (k, leaf), gk in zip(leaves.items(), got):
+                out[k][r].append(torch.zeros_like(leaf) if gk is None else gk)
+    return {k: torch.stack([torch.stack(per) for per in v]) for k, v in out.items()}
 
 
 def _narrow(a: Any, d: int | None, start: int, stop: int) -> Any:
@@ -94,4 +119,4 @@ def _narrow(a: Any, d: int | None, start: int, stop: int) -> Any:
     return a.narrow(d, start, stop - start)
 
 
-__all__ = ["GenericRule", "vmapped_grads"]
+__all__ = ["GenericRule", "example_grads"]

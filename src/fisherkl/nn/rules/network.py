@@ -17,8 +17,9 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..params import preserved_parameters
+from ..passes import fisher_passes
 from .base import Call, Rule
-from .generic import vmapped_grads
+from .generic import example_grads
 
 
 class NetworkRule(Rule):
@@ -40,13 +41,13 @@ class NetworkRule(Rule):
         net, adapter = self.module, self.adapter
         params = {n: self.by_name[n].detach() for n in self.names}
 
-        def loss(pr: dict[str, Tensor], a1: tuple[Any, ...], k1: dict[str, Any], gs: list[Tensor]) -> Tensor:
-            return (adapter.outputs(functional_call(net, pr, a1, k1))[0] * gs[0]).sum()
+        def outputs(pr: dict[str, Tensor], a1: tuple[Any, ...], k1: dict[str, Any]) -> list[Tensor]:
+            return [adapter.outputs(functional_call(net, pr, a1, k1))]
 
         total: dict[str, Tensor] = {}
-        with preserved_parameters(net):
+        with preserved_parameters(net), fisher_passes(math_attention=True):
             for c in calls:
-                for k, v in vmapped_grads(loss, params, c, sl, c.grads).items():
+                for k, v in example_grads(outputs, params, c, sl, c.grads, [0]).items():
                     total[k] = total[k] + v if k in total else v
         return total
 
