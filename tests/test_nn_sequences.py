@@ -275,7 +275,7 @@ def test_kfac_grouped_dilated_convolutions_by_hand(mode):
         per_in, per_out = conv.in_channels // groups, conv.out_channels // groups
         for j in range(groups):
 
-            def unfold(inp, j=j, conv=conv, pad_mode=pad_mode):
+            def unfold(inp, j=j, conv=conv, pad_mode=pad_mode, per_in=per_in):
                 p = conv._reversed_padding_repeated_twice
                 xp = F.pad(inp, p, mode=pad_mode) if pad_mode else inp
                 cols = F.unfold(xp[:, j * per_in : (j + 1) * per_in], conv.kernel_size, conv.dilation, 0, conv.stride)
