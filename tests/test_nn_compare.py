@@ -262,3 +262,63 @@ def test_curvlinops_monte_carlo_kfac_in_expectation(name):
         return op @ eye
 
     in_expectation(run, ours(net, x, y, "kfac"), k)
+
+
+# --- curvlinops on a transformer ---------------------------------------------------------------------------
+class ClassesSecond(nn.Module):
+    """[n, T, V] logits as CrossEntropyLoss wants them, [n, V, T]."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net(x).transpose(1, 2)
+
+
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_curvlinops_on_a_transformer(reduction):
+    """curvlinops' GGN (= the Fisher of a softmax head) and its empirical KFAC on a GPT of
+    nn.TransformerEncoderLayer blocks. Normalisation: reduction="sum" is N × ours with positions="sum" (we
+    average over sequences); reduction="mean" averages over the N·T tokens, which is ours with
+    positions="mean". (curvlinops' type-2 KFAC backpropagates each class column at all positions at once, so
+    for sequence outputs its factors include cross-position terms that the exact Fisher does not have; the
+    empirical type backpropagates the same per-sequence gradient as ours.)"""
+    pytest.importorskip("curvlinops", reason="curvlinops not installed (the 'compare' extra)")
+    from curvlinops import FisherType, GGNLinearOperator, KFACLinearOperator
+    from seq_models import inputs, make
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    net = make("gpt_untied")
+    (x,) = inputs("gpt_untied", n=6)
+    y = torch.randint(0, 11, x.shape, generator=torch.Generator().manual_seed(3))
+    data = [(x[:3], y[:3]), (x[3:], y[3:])]
+    lossf = nn.CrossEntropyLoss(reduction=reduction)
+    positions = {"sum": "sum", "mean": "mean"}[reduction]
+    scale = x.shape[0] if reduction == "sum" else 1
+    wrapped = ClassesSecond(net)
+    params = list(net.parameters())
+    eye = torch.eye(sum(p.numel() for p in params), dtype=torch.float64)
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # curvlinops' forward AD cannot go through the fused layer
+    try:
+        with sdpa_kernel([SDPBackend.MATH]):
+            ggn = GGNLinearOperator(wrapped, lossf, params, data) @ eye
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+    close(scale * fnn.fisher(net, (x, y), representation="dense", positions=positions).to_dense(), ggn)
+    lin = [n for n, m in net.named_modules() if type(m) is nn.Linear]
+    lin_params = [p for n, p in net.named_parameters() if n.rsplit(".", 1)[0] in lin]
+    where, at = {}, 0
+    for n, p in net.named_parameters():
+        where[n] = torch.arange(at, at + p.numel())
+        at += p.numel()
+    idx = torch.cat([where[n] for n, _ in net.named_parameters() if n.rsplit(".", 1)[0] in lin])
+    for mode in ("expand", "reduce"):
+        theirs = KFACLinearOperator(
+            wrapped, lossf, lin_params, data, fisher_type=FisherType.EMPIRICAL, kfac_approx=mode,
+            separate_weight_and_bias=False,
+        )  # fmt: skip
+        k = fnn.fisher(net, (x, y), kind="empirical", representation="kfac", kfac_mode=mode, positions=positions)
+        mine = k.to_dense()[idx[:, None], idx[None, :]]
+        close(scale * mine, theirs @ torch.eye(len(idx), dtype=torch.float64))
