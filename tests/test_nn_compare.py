@@ -286,8 +286,9 @@ def test_curvlinops_on_a_transformer(reduction):
     empirical type backpropagates the same per-sequence gradient as ours.)"""
     pytest.importorskip("curvlinops", reason="curvlinops not installed (the 'compare' extra)")
     from curvlinops import FisherType, GGNLinearOperator, KFACLinearOperator
-    from seq_models import inputs, make
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from seq_models import inputs, make
 
     net = make("gpt_untied")
     (x,) = inputs("gpt_untied", n=6)

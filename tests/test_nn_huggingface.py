@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from nn_reference import hand_kfac, reference_fisher
-from seq_models import F64
 
 import fisherkl.nn as fnn
+from nn_reference import hand_kfac, reference_fisher
+from seq_models import F64
 
 transformers = pytest.importorskip("transformers")  # installed by the Makefile (test extra)
 
