@@ -94,9 +94,8 @@ def main() -> None:
         if step % 100 == 0 or step == steps - 1:
             print(f"step {step:4d}  loss/token {loss.item():.3f}")
     p = sum(q.numel() for q in net.parameters())
-    print(
-        f"trained a {p}-parameter GPT on {len(text)} characters ({len(chars)} tokens) in {time.perf_counter() - t0:.1f}s\n"
-    )
+    took = time.perf_counter() - t0
+    print(f"trained a {p}-parameter GPT on {len(text)} characters ({len(chars)} tokens) in {took:.1f}s\n")
 
     n = 8 if args.quick else args.sequences
     data = windows(ids, context, n, torch.Generator().manual_seed(2))
