@@ -355,7 +355,7 @@ def test_a_fisher_computed_on_a_wrapper_serves_the_network():
     assert g.fisher.layout == fnn.layout_of(net)
     v = torch.randn(k.p, dtype=F64, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(g.fisher.mv(v), k.mv(v), **TOL)
-    with pytest.raises(ParameterError, match="not those of the network"):
+    with pytest.raises(ParameterError, match="parameter layout is not the network"):
         fnn.EWC(make("gpt_untied"), loaded)
 
 

@@ -22,6 +22,7 @@ The first batch is also checked, at the cost of two small extra forwards:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -37,6 +38,7 @@ from .passes import fisher_passes, unwrap
 from .rows import KINDS, Rows
 from .rules import Call, GenericRule, Rule, flat_tensors, rule_class
 from .rules.network import NetworkRule
+from .uses import FunctionalLinearRule, ParameterUses
 
 __all__ = ["KINDS", "Engine", "fisher_passes", "per_example_gradients", "unwrap"]
 
@@ -113,6 +115,7 @@ class Engine:
         self.dtype = self.params[0].dtype
         self.device = self.params[0].device
         name_of = {id(p): n for n, p in named}
+        self.name_of = name_of
         claimed: set[int] = set()
         owners: dict[str, int] = {}
         self.rules: list[Rule] = []
@@ -139,6 +142,12 @@ class Engine:
             self.rules.append(rule)
             for _, _, n in own:
                 owners[n] = owners.get(n, 0) + 1
+        self.owner_modules: dict[str, set[int]] = {}
+        for r in self.rules:
+            for n in r.names:
+                self.owner_modules.setdefault(n, set()).add(id(r.module))
+        self.active: dict[int, int] = {}  # modules whose forward is running (for ParameterUses)
+        self._functional: dict[tuple[str, str | None, bool], Rule] = {}
         self.tied = {n for n, c in owners.items() if c > 1}
         self.check = check
         # an nn.Sequential of plain torch layers keeps examples apart, uses each parameter only inside its own
@@ -166,6 +175,22 @@ class Engine:
             rules.append(self.network_rule)
         return rules
 
+    def functional_rule(self, weight: str, bias: str | None, transposed: bool) -> Rule:
+        """The rule of a linear use of ``weight`` outside its module (created on first sight)."""
+        key = (weight, bias, transposed)
+        if key not in self._functional:
+            owner = next(r.module for r in self.rules if weight in r.names)
+            shape = self.layout.shapes[self.layout.index(weight)]
+            rule = FunctionalLinearRule(owner, weight, bias, shape, transposed)
+            self._functional[key] = rule
+            self.rules.append(rule)
+            counts: dict[str, int] = {}
+            for r in self.rules:
+                for n in r.names:
+                    counts[n] = counts.get(n, 0) + 1
+            self.tied = {n for n, c in counts.items() if c > 1}
+        return self._functional[key]
+
     def kron_parts(self) -> list[tuple[Rule, Any]]:
         """(rule, part) for every linear map with Kronecker factors: its weight trainable, neither weight nor
         bias tied to another layer or handled by the network rule."""
@@ -183,13 +208,20 @@ class Engine:
         self._passes = fisher_passes()
         self._passes.__enter__()
         for r in self.rules:
+            if getattr(r, "functional", False):
+                continue
             if r.overrides_forward:
                 original = r.module.forward
                 r.module.forward = _bound_override(self, r, original)  # type: ignore[method-assign]
                 self._handles.append(_Restore(r.module))
             else:
                 self._handles.append(r.module.register_forward_hook(self._hook(r), with_kwargs=True))
+                self._handles.append(r.module.register_forward_pre_hook(self._enter_module))
         return self
+
+    def _enter_module(self, module: nn.Module, args: Any) -> None:
+        if self.recording:
+            self.active[id(module)] = self.active.get(id(module), 0) + 1
 
     def __exit__(self, *exc: Any) -> None:
         for h in self._handles:
@@ -204,6 +236,8 @@ class Engine:
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any) -> Any:
             if not self.recording:
                 return None
+            if self.active.get(id(module)):
+                self.active[id(module)] -= 1
             detached = tuple(a.detach() if isinstance(a, Tensor) else a for a in args)
             kw = {k: (v.detach() if isinstance(v, Tensor) else v) for k, v in kwargs.items()}
             outs = [o for o in flat_tensors(out) if o.requires_grad]
@@ -290,9 +324,9 @@ class Engine:
             self.calls = {}
             self.n = batch.n
             self._stale = False
-            self.recording = True
+            self.recording, self.active = True, {}
             try:
-                with torch.enable_grad():
+                with torch.enable_grad(), self._uses():
                     out = self.adapter.outputs(self.adapter.call(self.net, batch))
             finally:
                 self.recording = False
@@ -311,15 +345,19 @@ class Engine:
         idx = torch.tensor([0, 1] if n >= 3 else ([0, 1, 0] if n == 2 else [0, 0]))
         sub = batch.take(idx)
         self._probe, self._probe_n, self._mode = {}, int(idx.numel()), "probe"
-        self.calls, self.n, self.recording = {}, sub.n, True
+        self.calls, self.n, self.recording, self.active = {}, sub.n, True, {}
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), self._uses():
                 out = self.adapter.outputs(self.adapter.call(self.net, sub))
         finally:
             self.recording, self._mode, self.calls = False, "main", {}
         self._templates = {}
         self._probe_index = idx
         return out.detach()
+
+    def _uses(self) -> Any:
+        """The mode recording linear uses of parameters outside their modules (none for a plain Sequential)."""
+        return contextlib.nullcontext() if self.separable else ParameterUses(self)
 
     def backward(self, out: Tensor, rows: Tensor, keep_graph: bool = False) -> None:
         """Backpropagate cotangent rows ``[k, n, *P, C]`` to every recorded output, one pass per row through the
@@ -543,7 +581,12 @@ def _bound_override(engine: Engine, rule: Rule, original: Callable[..., Any]) ->
     """The module's forward during the engine's passes: the rule's own (it records its calls, batch first)."""
 
     def forward(*args: Any, **kwargs: Any) -> Any:
-        return rule.forward(engine, original, *args, **kwargs)
+        key = id(rule.module)
+        engine.active[key] = engine.active.get(key, 0) + 1
+        try:
+            return rule.forward(engine, original, *args, **kwargs)
+        finally:
+            engine.active[key] -= 1
 
     return forward
 

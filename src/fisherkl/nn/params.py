@@ -56,8 +56,8 @@ def align(fisher: FisherMatrix, net: nn.Module, what: str = "fisher") -> FisherM
         if all(t == n or t.endswith("." + n) or n.endswith("." + t) for t, n in zip(theirs, layout.names)):
             return fisher.relabel(layout)
     raise ParameterError(
-        f"{what}: its parameters are not those of the network (names/shapes of the parameters that require grad, "
-        f"in order): {theirs[:4]}… vs {list(layout.names)[:4]}…"
+        f"{what}: its parameter layout is not the network's (the parameters that require grad, by name and shape, in "
+        f"order): {theirs[:4]}… vs {list(layout.names)[:4]}…"
     )
 
 
