@@ -411,3 +411,38 @@ def test_batches_as_dicts_and_tuples_of_inputs():
     pairs = [((a, b), torch.zeros(a.shape[0], dtype=torch.long)) for a, b in loader]
     torch.testing.assert_close(fnn.fisher(net, pairs, representation="diag").diag(), ref, **TOL)
     assert math.isfinite(float(fnn.kl(net, net, pairs)))
+
+
+class FunctionalUses(nn.Module):
+    """Parameters of submodules used outside their modules' forwards: F.linear(h, emb.weight),
+    h @ lin.weight.T (with lin also called normally: a tie), h @ holder.u (a weight stored [d_in, d_out])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(7, 4)
+        self.lin = nn.Linear(4, 4)
+        self.holder = nn.Module()
+        self.holder.u = nn.Parameter(torch.randn(4, 7) / 2)
+
+    def forward(self, idx):
+        h = torch.tanh(self.lin(self.emb(idx)))
+        return F.linear(h, self.emb.weight) + torch.tanh(h @ self.lin.weight.T) @ self.holder.u
+
+
+def test_functional_uses_of_parameters_are_linear_rules_and_exact():
+    from fisherkl.nn.engine import Engine
+
+    torch.manual_seed(6)
+    net = FunctionalUses().double()
+    idx = torch.randint(0, 7, (5, 4), generator=torch.Generator().manual_seed(1))
+    ref = reference_fisher(net, lambda m, i: m(idx[i : i + 1])[0], 5)
+    for rep in ("dense", "diag"):
+        f = fnn.fisher(net, idx, representation=rep)
+        got = f.to_dense() if rep == "dense" else f.diag()
+        torch.testing.assert_close(got, ref if rep == "dense" else ref.diagonal(), **TOL)
+    engine = Engine(net)
+    with engine:
+        engine.prepare(engine.adapter.batch(idx))
+    functional = sorted(r.names[0] for r in engine.rules if getattr(r, "functional", False))
+    assert functional == ["emb.weight", "holder.u", "lin.weight"]
+    assert engine.network_rule is None  # no whole-network fallback was needed

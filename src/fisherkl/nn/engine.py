@@ -355,6 +355,16 @@ class Engine:
         self._probe_index = idx
         return out.detach()
 
+    def _retie(self) -> None:
+        """Tied parameters: those used by several rules that recorded calls on the first batch (a module that
+        owns a parameter but never runs, such as a holder of weights used functionally, does not count)."""
+        counts: dict[str, int] = {}
+        for r in self.rules:
+            if self.calls.get(r):
+                for n in r.names:
+                    counts[n] = counts.get(n, 0) + 1
+        self.tied = {n for n, c in counts.items() if c > 1}
+
     def _uses(self) -> Any:
         """The mode recording linear uses of parameters outside their modules (none for a plain Sequential)."""
         return contextlib.nullcontext() if self.separable else ParameterUses(self)
@@ -535,6 +545,8 @@ class Engine:
         if not first and self._stale and not self.separable:
             self.probe(batch)
             out = self.forward(batch)
+        if first:
+            self._retie()
         if first and self.separable:
             self.checked = True
         elif first:
