@@ -21,7 +21,7 @@ import fisherkl.nn as fnn
 from fisherkl.errors import ParameterError
 from fisherkl.matrix import from_state_dict
 from nn_reference import flat_index, hand_kfac, reference_empirical, reference_fisher
-from seq_models import F64, GroupedConv2dNet, inputs, make
+from seq_models import F64, GroupedConv2dNet, TinyGPT, inputs, make
 
 TOL = {"rtol": 1e-10, "atol": 1e-12}
 
@@ -446,3 +446,53 @@ def test_functional_uses_of_parameters_are_linear_rules_and_exact():
     functional = sorted(r.names[0] for r in engine.rules if getattr(r, "functional", False))
     assert functional == ["emb.weight", "holder.u", "lin.weight"]
     assert engine.network_rule is None  # no whole-network fallback was needed
+
+
+# --- cost before running, mixed precision ------------------------------------------------------------------
+def _nbytes(obj) -> int:
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, list):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
+@pytest.mark.parametrize("name", ["gpt", "conv2d"])
+def test_plan_states_sizes_and_rows_before_running(name):
+    from fisherkl.matrix import DenseTooLargeError, set_max_dense_bytes
+
+    net, x = make(name), inputs(name)
+    pl = fnn.plan(net, (x,))
+    assert pl.parameters == sum(p.numel() for p in net.parameters())
+    expected_rows = 6 * 10 if name == "gpt" else 2  # T·(V − 1) for the GPT; C − 1 for the CNN
+    assert pl.rows_per_example == expected_rows
+    for rep in ("dense", "diag", "block", "kfac", "ekfac"):
+        f = fnn.fisher(net, data(x), representation=rep)
+        sd = f.state_dict()
+        stored = _nbytes({k: v for k, v in sd.items() if k != "layout"})
+        assert pl.bytes[rep] == stored, rep
+    assert "G 24×24 ⊗ A 9×9" in str(pl) or name != "gpt"
+    old = set_max_dense_bytes(2 * pl.bytes["diag"])  # diag fits, the Kronecker factors do not
+    try:
+        with pytest.raises(DenseTooLargeError, match=r"options that fit: diag"):
+            pl.check("kfac")
+        with pytest.raises(DenseTooLargeError, match="Kronecker factors need"):
+            fnn.fisher(net, data(x), representation="kfac")
+    finally:
+        set_max_dense_bytes(old)
+
+
+def test_bf16_network_statistics_in_float32_agree_with_its_float32_copy():
+    torch.manual_seed(0)
+    net = TinyGPT(vocab=11, d=16, context=6).eval()
+    (x,) = inputs("gpt", n=12)
+    low = copy.deepcopy(net).to(torch.bfloat16)
+    v = torch.randn(sum(p.numel() for p in net.parameters()), generator=torch.Generator().manual_seed(0))
+    for rep in ("kfac", "ekfac", "diag", "implicit"):
+        ref = fnn.fisher(net, x, representation=rep)
+        got = fnn.fisher(low, x, representation=rep)
+        assert got.dtype == torch.float32
+        a, b = ref.mv(v), got.mv(v)
+        assert float((a - b).norm() / a.norm()) < 5e-2, rep  # bf16 keeps ~3 significant digits

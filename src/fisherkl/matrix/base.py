@@ -85,6 +85,12 @@ def _restore_counts(f: FisherMatrix, state: Mapping[str, Any]) -> FisherMatrix:
     return f
 
 
+def _block_key(block: Mapping[str, Any]) -> str:
+    """A Kronecker block's key in ``row_counts``: its weight's name, with its rows when it covers only some."""
+    rows = block.get("rows")
+    return str(block["weight"]) if rows is None else f"{block['weight']}[{int(rows[0])}:{int(rows[1])}]"
+
+
 def _rename(s: str, mapping: Mapping[str, str]) -> str:
     """A parameter name, or a block key ``name[a:b]``, under ``mapping``."""
     if s in mapping:
@@ -337,8 +343,8 @@ class FisherMatrix(ABC):
                     bases.append(t)
                 else:
                     w = (
-                        f"rows:{block['weight']}"
-                        if key == "A" and block is not None and block["weight"] in rows
+                        f"rows:{_block_key(block)}"
+                        if key == "A" and block is not None and _block_key(block) in rows
                         else "n"
                     )
                     means.append(t)

@@ -132,6 +132,15 @@ class KronBlock:
         )
 
 
+def eigh64(m: Tensor) -> tuple[Tensor, Tensor]:
+    """eigh of a symmetric matrix computed in float64 (Kronecker factors of float32 or lower-precision
+    statistics have eigenvalues spread over many orders of magnitude), returned in the matrix's dtype."""
+    if m.dtype == torch.float64:
+        return torch.linalg.eigh(m)
+    w, q = torch.linalg.eigh(m.double())
+    return w.to(m.dtype), q.to(m.dtype)
+
+
 class _Kronecker(FisherMatrix):
     """Shared machinery: Kronecker blocks in an eigenbasis, plus an exact diagonal for the rest."""
 
@@ -251,9 +260,9 @@ class KFAC(_Kronecker):
     def _basis(self, b: KronBlock) -> tuple[Tensor, Tensor | None, Tensor]:
         key = id(b)
         if key not in self._eig:
-            wg, qg = torch.linalg.eigh(b.tensors["G"])
+            wg, qg = eigh64(b.tensors["G"])
             a = b.tensors["A"]
-            wa, qa = (a, None) if a.ndim == 1 else torch.linalg.eigh(a)
+            wa, qa = (a, None) if a.ndim == 1 else eigh64(a)
             self._eig[key] = (qg, qa, torch.outer(wg.clamp_min(0), wa.clamp_min(0)))
         return self._eig[key]
 

@@ -20,6 +20,7 @@ from .heads import Bernoulli, CallableHead, Categorical, Gaussian, GaussianVar, 
 from .kl import kl
 from .optim import NaturalGradient, average_fishers
 from .params import layout_of, parameters_vector, perturbed
+from .plan import Plan, plan
 
 __all__ = [
     "EWC",
@@ -35,6 +36,7 @@ __all__ = [
     "GaussianVar",
     "Head",
     "NaturalGradient",
+    "Plan",
     "Poisson",
     "approximation_report",
     "average_fishers",
@@ -48,4 +50,5 @@ __all__ = [
     "parameters_vector",
     "per_example_gradients",
     "perturbed",
+    "plan",
 ]

@@ -55,6 +55,7 @@ def fisher(
     checkpoint_every: int = 100,
     adapter: Adapter | None = None,
     positions: str = "sum",
+    stat_dtype: torch.dtype | None = None,
 ) -> FisherMatrix:
     """The Fisher information of ``net`` with ``head``, averaged over ``data``, as a Fisher matrix.
 
@@ -83,6 +84,10 @@ def fisher(
     positions:
         ``"sum"`` (default): the Fisher of a sequence sums over its positions and F is the mean over
         sequences; ``"mean"``: F is the mean over all unmasked positions (per token).
+    stat_dtype:
+        The dtype the statistics are accumulated in (and the result's). Default: the network's, except
+        float32 for bf16 / fp16 networks (whose forward and backward passes stay in low precision; the
+        head's statistics, the per-layer products and sums run in float32, eigendecompositions in float64).
     head:
         ``"categorical"`` (logits), ``"bernoulli"`` (logits), ``"gaussian"`` (mean, σ = 1; pass
         ``heads.Gaussian(sigma)`` for another σ), ``"gaussian_var"`` (means then log-variances),
@@ -147,7 +152,7 @@ def fisher(
     if not isinstance(net, nn.Module):
         raise ParameterError(f"net must be a torch.nn.Module, got {type(net).__name__}")
     h = get_head(head)
-    engine = Engine(net, check=check, adapter=adapter)
+    engine = Engine(net, check=check, adapter=adapter, stat_dtype=stat_dtype)
     net = engine.net
     layout = engine.layout
     my_rank, world = rank_world(group) if distributed else (0, 1)
@@ -186,6 +191,7 @@ def fisher(
             "shard": mode,
             "adapter": repr(engine.adapter),
             "positions": positions,
+            "stat_dtype": str(engine.dtype),
         }
         ckpt = Checkpoint(rank_path(checkpoint, my_rank, world), checkpoint_every, fp)
         saved = ckpt.load()

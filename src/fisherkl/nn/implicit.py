@@ -44,40 +44,43 @@ def fisher_mm_sums(
 
     def mm(v: Tensor) -> tuple[Tensor, int]:
         leaves = {n: named[n].detach().requires_grad_(True) for n in layout.names}
+        net_dtype = next(iter(leaves.values())).dtype
         out = torch.zeros_like(v)
         total = 0
         with fisher_passes(math_attention=True):
             for index, raw in enumerate(iter_raw(data, batch_size)):
-                batch = adapter.batch(raw).to(v)
+                batch = adapter.batch(raw).to(next(iter(leaves.values())))
                 e: Tensor | None = None
                 mask: Tensor | None = None
                 f: Tensor | None = None
                 for j in range(v.shape[1]):
-                    tangents = layout.unflatten(v[:, j], "list")
+                    tangents = layout.unflatten(v[:, j].to(net_dtype), "list")
                     with torch.enable_grad(), preserved_parameters(net):
                         with fwAD.dual_level():
                             duals = {n: fwAD.make_dual(p, t) for (n, p), t in zip(leaves.items(), tangents)}
                             ret = functional_call(net, duals, batch.args, batch.kwargs)
                             f, u = fwAD.unpack_dual(adapter.outputs(ret))
                             u = torch.zeros_like(f) if u is None else u.detach()
+                        u = u.to(v.dtype)  # the head's statistics in the matrix's dtype (float32 for bf16 nets)
                         # backward after the dual level is closed: inside it, every backward op would also
                         # push tangents forward through the saved (dual) tensors, about doubling its cost
                         head.check(f)
                         if j == 0:
                             labels, mask = adapter.targets(batch, f)
+                        fs = f.detach().to(v.dtype)
                         if kind == "exact":
-                            w = head.fisher_mv(f.detach(), u)
+                            w = head.fisher_mv(fs, u)
                             if mask is not None:
                                 w = w * mask.unsqueeze(-1).to(w.dtype)
                         else:
                             if e is None:
-                                e = Rows(head, f, labels, mask, kind, mc_samples, gen_for(index)).e
+                                e = Rows(head, fs, labels, mask, kind, mc_samples, gen_for(index)).e
                             dots = (e * u).reshape(e.shape[0], e.shape[1], -1).sum(-1)  # [S, n]
                             w = (e * dots.reshape(*dots.shape, *([1] * (e.ndim - 2)))).sum(0)
                         grads = torch.autograd.grad(
-                            f, list(leaves.values()), w, allow_unused=True, materialize_grads=True
+                            f, list(leaves.values()), w.to(f.dtype), allow_unused=True, materialize_grads=True
                         )
-                    out[:, j] += torch.cat([g.reshape(-1) for g in grads])
+                    out[:, j] += torch.cat([g.reshape(-1) for g in grads]).to(v.dtype)
                 assert f is not None
                 if positions == "sum":
                     total += batch.n

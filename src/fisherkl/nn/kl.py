@@ -55,6 +55,8 @@ def kl(
                 raise ParameterError(
                     f"kl: the networks' outputs differ in shape: {tuple(fp.shape)} vs {tuple(fq.shape)}"
                 )
+            if fp.dtype in (torch.bfloat16, torch.float16):  # the KL of low-precision outputs, in float32
+                fp, fq = fp.float(), fq.float()
             k = h.kl(fp, fq)
             _, mask = ad.targets(batch, fp)
             if mask is not None:

@@ -18,7 +18,8 @@ from torch import Tensor
 
 from ..errors import FisherKLError
 from ..matrix import EKFAC, KFAC, BlockDiagonal, Dense, Diagonal, KronBlock
-from ..matrix.base import check_dense_fits
+from ..matrix.base import DenseTooLargeError, check_dense_fits, max_dense_bytes
+from ..matrix.kfac import eigh64
 from ..matrix.layout import ParamLayout
 from .engine import Engine
 from .rules import LinearPart, Rule
@@ -252,6 +253,17 @@ class KFACStat:
 
     def setup(self, engine: Engine) -> None:
         self.structure(engine)
+        size = torch.empty((), dtype=engine.dtype).element_size()
+        need = sum((p.d_out**2 + (p.width if p.index_input else p.width**2)) * size for _, p in self.kron)
+        if need > max_dense_bytes():
+            big = max(self.kron, key=lambda rp: rp[1].d_out ** 2 + rp[1].width ** 2)[1]
+            raise DenseTooLargeError(
+                f"KFAC: the Kronecker factors need {need / 1024**2:.1f} MiB, over the limit of "
+                f"{max_dense_bytes() / 1024**2:.1f} MiB (fisherkl.matrix.set_max_dense_bytes); the largest is "
+                f"{big.weight}'s (G {big.d_out}×{big.d_out}, A {big.width}×{big.width}). Options: "
+                "representation='diag' or 'implicit', or freeze that layer (requires_grad_(False)); "
+                "fisherkl.nn.plan(net, batch) lists every layer's size"
+            )
         self.diag.setup(engine)
         self.ready = True
 
@@ -360,8 +372,8 @@ class EKFACStat:
         self.kfac = kfac
         self.bases: dict[LinearPart, tuple[Tensor, Tensor | None]] = {}
         for p, a, g in kfac.factors():
-            qa = None if a.ndim == 1 else torch.linalg.eigh(a)[1]
-            self.bases[p] = (torch.linalg.eigh(g)[1], qa) if bases is None else bases[p]
+            qa = None if a.ndim == 1 else eigh64(a)[1]
+            self.bases[p] = (eigh64(g)[1], qa) if bases is None else bases[p]
         self.s: dict[LinearPart, Tensor] = {}
         self.count = 0
 

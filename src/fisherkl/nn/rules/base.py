@@ -52,6 +52,7 @@ class Call:
         self.args, self.kwargs, self.outs = args, kwargs, outs
         self.cache: dict[str, Any] = {} if cache is None else cache
         self.n = n
+        self.dtype: torch.dtype | None = None  # the statistics' dtype (floating inputs are read in it)
         self.arg_bdims: tuple[int | None, ...] = tuple(0 for _ in args)
         self.kw_bdims: dict[str, int | None] = {k: 0 for k in kwargs}
         self.out_bdims: list[int | None] = [0 for _ in outs]
@@ -84,13 +85,17 @@ class Call:
         """Input i batch-first ``[n, ...]`` (a batch-independent input is expanded over the n examples)."""
         key = f"arg{i}"
         if key not in self.cache:
-            self.cache[key] = batch_first(self.args[i], self.arg_bdims[i], self.n)
+            t = batch_first(self.args[i], self.arg_bdims[i], self.n)
+            if self.dtype is not None and t.is_floating_point() and t.dtype != self.dtype:
+                t = t.to(self.dtype)
+            self.cache[key] = t
         return self.cache[key]
 
     def with_rows(self, rows: list[list[Tensor]]) -> Call:
         """A view of this call with other gradient rows (same inputs, cache and batch dimensions)."""
         out = Call(self.args, self.kwargs, self.outs, cache=self.cache, n=self.n)
         out.arg_bdims, out.kw_bdims, out.out_bdims = self.arg_bdims, self.kw_bdims, self.out_bdims
+        out.dtype = self.dtype
         out.set_rows(rows)
         return out
 

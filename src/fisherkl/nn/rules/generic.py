@@ -81,6 +81,7 @@ def example_grads(
     arg_dims = tuple(d if isinstance(a, Tensor) else None for a, d in zip(c.args, c.arg_bdims))
     kw_dims = {k: (c.kw_bdims.get(k) if isinstance(v, Tensor) else None) for k, v in c.kwargs.items()}
     gs = [g[:, start:stop] for g in grads]
+    dtype = gs[0].dtype if gs else next(iter(params.values())).dtype
 
     def cot(g: Tensor, d: int | None, lead: int) -> Tensor:  # a gradient without its batch dim → the output's shape
         return g if d is None else g.unsqueeze(lead + d)
@@ -88,13 +89,13 @@ def example_grads(
     def one(args_i: tuple[Any, ...], kwargs_i: dict[str, Any], gs_i: list[Tensor]) -> dict[str, Tensor]:
         a1 = tuple(a.unsqueeze(d) if d is not None else a for a, d in zip(args_i, arg_dims))
         k1 = {k: (v.unsqueeze(kw_dims[k]) if kw_dims[k] is not None else v) for k, v in kwargs_i.items()}
-        _, pull = vjp(lambda pr: tuple(outputs(pr, a1, k1)), params)
-        return vmap(pull)(tuple(cot(g, d, 1) for g, d in zip(gs_i, out_dims)))[0]
+        outs, pull = vjp(lambda pr: tuple(outputs(pr, a1, k1)), params)
+        return vmap(pull)(tuple(cot(g, d, 1).to(o.dtype) for g, d, o in zip(gs_i, out_dims, outs)))[0]
 
     try:
         with torch.no_grad():  # the results must not keep a graph to the network's other parameters
             pe = vmap(one, in_dims=(arg_dims, kw_dims, 1))(args, kwargs, gs)
-        return {k: v.movedim(0, 1).detach() for k, v in pe.items()}
+        return {k: v.movedim(0, 1).detach().to(dtype) for k, v in pe.items()}
     except (RuntimeError, NotImplementedError, ValueError):
         pass
     rows = gs[0].shape[0] if gs else 0
@@ -106,11 +107,11 @@ def example_grads(
         with torch.enable_grad():
             outs = outputs(leaves, a1, k1)
         for r in range(rows):
-            cots = [cot(g[r, i], d, 0) for g, d in zip(gs, out_dims)]
+            cots = [cot(g[r, i], d, 0).to(o.dtype) for g, d, o in zip(gs, out_dims, outs)]
             got = torch.autograd.grad(outs, list(leaves.values()), cots, retain_graph=r < rows - 1, allow_unused=True)
             for (k, leaf), gk in zip(leaves.items(), got):
                 out[k][r].append(torch.zeros_like(leaf) if gk is None else gk)
-    return {k: torch.stack([torch.stack(per) for per in v]) for k, v in out.items()}
+    return {k: torch.stack([torch.stack(per) for per in v]).to(dtype) for k, v in out.items()}
 
 
 def _narrow(a: Any, d: int | None, start: int, stop: int) -> Any:
