@@ -58,7 +58,8 @@ class Plan:
 
     def __str__(self) -> str:
         lines = [
-            f"p = {self.parameters} parameters; kind {self.kind!r}: {self.rows_per_example:g} backward rows per example",
+            f"p = {self.parameters} parameters; kind {self.kind!r}: {self.rows_per_example:g} backward rows "
+            "per example",
             "representation   size",
         ]
         for r in REPS:
