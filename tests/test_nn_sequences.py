@@ -496,3 +496,25 @@ def test_bf16_network_statistics_in_float32_agree_with_its_float32_copy():
         assert got.dtype == torch.float32
         a, b = ref.mv(v), got.mv(v)
         assert float((a - b).norm() / a.norm()) < 5e-2, rep  # bf16 keeps ~3 significant digits
+
+
+def test_no_host_copies_per_batch(monkeypatch):
+    """After the first batch (whose checks read values), a batch costs no device-to-host copies: counted on
+    the CPU through the tensor methods that make them (a GPU would synchronise at each)."""
+    net, x = make("gpt_untied"), inputs("gpt_untied", n=12)
+    counted = {"n": 0}
+    for meth in ("item", "tolist", "__bool__", "__int__", "__float__", "cpu", "numpy"):
+        orig = getattr(torch.Tensor, meth)
+
+        def spy(self, *a, _orig=orig, **k):
+            counted["n"] += 1
+            return _orig(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, meth, spy)
+    for kind, rep in (("exact", "diag"), ("mc", "kfac"), ("exact", "kfac"), ("mc", "dense")):
+        per = []
+        for batches in (1, 4):
+            counted["n"] = 0
+            fnn.fisher(net, [x[0][:3]] * batches, kind=kind, representation=rep, seed=0)
+            per.append(counted["n"])
+        assert per[1] == per[0], (kind, rep, per)

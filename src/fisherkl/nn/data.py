@@ -2,7 +2,8 @@
 
 ``data`` may be a ``torch.utils.data.DataLoader`` or any iterable of batches (each parsed by
 :class:`fisherkl.nn.batch.Adapter`: ``x``, ``(inputs, y)``, a dict), or a whole data set cut into
-batches here: a tensor ``x``, a tuple of tensors ``(x, y)``, or a dict of tensors. Only one batch is
+batches here: a tensor ``x``, a tuple of tensors ``(x, y)``, or a dict of tensors (a *list* is a list of
+batches). Only one batch is
 held at a time, so memory does not grow with the number of examples.
 """
 
@@ -36,10 +37,11 @@ def n_batches(data: Any, batch_size: int) -> int | None:
 
 def dataset_size(data: Any) -> int | None:
     """N when ``data`` is a whole data set to cut into batches (a tensor, a tuple (x,) / (x, y) of tensors,
-    or a dict of tensors with a common first dimension); None when it is an iterable of batches."""
+    or a dict of tensors with a common first dimension); None when it is an iterable of batches (a list is
+    always a list of batches)."""
     if isinstance(data, Tensor):
         return int(data.shape[0])
-    if isinstance(data, (tuple, list)) and data and all(isinstance(t, Tensor) for t in data):
+    if isinstance(data, tuple) and data and all(isinstance(t, Tensor) for t in data):
         if len(data) > 2:
             raise ParameterError(f"data: a tuple of tensors must be (x,) or (x, y), got {len(data)} tensors")
         x = data[0]

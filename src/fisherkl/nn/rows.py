@@ -65,8 +65,8 @@ class Rows:
             if keep is not None:
                 b = b * keep[:, :, None, None]
             self.b = b
-            live = torch.ones(self.t, dtype=torch.bool, device=f.device) if keep is None else keep.bool().any(0)
-            self.positions = live.nonzero()[:, 0].tolist()
+            # positions masked in the whole batch are skipped (finding them is one device-to-host copy)
+            self.positions = list(range(self.t)) if keep is None else keep.bool().any(0).nonzero()[:, 0].tolist()
             self.count = len(self.positions) * b.shape[2]
         else:
             if kind == "mc":

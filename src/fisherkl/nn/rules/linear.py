@@ -146,7 +146,7 @@ class LinearPart:
     def _sq_sum_index(self, idx: Tensor, gt: Tensor) -> Tensor:
         """Σ_{r,n} (Σₜ gₙₜ e_{idx_nt}ᵀ)² without dense per-example gradients: g summed over the positions
         of each (example, token), then squared."""
-        seg, uniq = _segment_sums(idx, gt)  # [R, U, d_out], tokens [U]
+        seg, uniq = _segment_sums(idx, gt, self.d_in)  # [R, U, d_out], tokens [U]
         out = gt.new_zeros(self.d_in, self.d_out)
         out.index_add_(0, uniq, seg.square().sum(0))
         return out.T
@@ -185,7 +185,7 @@ class LinearPart:
         gt = self.gt(calls)
         g = gt.transpose(-1, -2) @ qg  # [R, n, T, d_out]
         if self.index_input:
-            seg, uniq = _segment_sums(self.at(calls), g.transpose(-1, -2))
+            seg, uniq = _segment_sums(self.at(calls), g.transpose(-1, -2), self.d_in)
             out = g.new_zeros(self.d_in, self.d_out)
             out.index_add_(0, uniq, seg.square().sum(0))
             return out.T
@@ -203,11 +203,10 @@ class LinearPart:
         return out
 
 
-def _segment_sums(idx: Tensor, gt: Tensor) -> tuple[Tensor, Tensor]:
-    """For indices ``[n, T]`` and gᵀ ``[R, n, d, T]``: the sums of g over the positions of each distinct
-    (example, index) pair ``[R, U, d]`` and the index of each pair ``[U]``."""
+def _segment_sums(idx: Tensor, gt: Tensor, v: int) -> tuple[Tensor, Tensor]:
+    """For indices ``[n, T]`` in ``0..v−1`` and gᵀ ``[R, n, d, T]``: the sums of g over the positions of each
+    distinct (example, index) pair ``[R, U, d]`` and the index of each pair ``[U]``."""
     n, t = idx.shape
-    v = int(idx.max()) + 1 if idx.numel() else 1
     keys = (torch.arange(n, device=idx.device)[:, None] * v + idx).reshape(-1)
     uniq, inv = torch.unique(keys, return_inverse=True)
     g = gt.transpose(-1, -2).reshape(gt.shape[0], n * t, gt.shape[2])
