@@ -9,9 +9,9 @@ import copy
 
 import pytest
 import torch
-from seq_models import inputs, make
 
 import fisherkl.nn as fnn
+from seq_models import inputs, make
 
 if not torch.cuda.is_available():
     pytest.skip("CUDA is not available on this machine", allow_module_level=True)
