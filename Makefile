@@ -17,7 +17,9 @@ $(STAMP): pyproject.toml | $(PY)
 	# peer libraries for the comparison tests and benchmarks: --no-deps, because their declared
 	# dependencies would replace torch 2.13.0 by 2.14.1 + torchvision (none of them needs those)
 	$(PIP) install --quiet --no-deps backpack-for-pytorch==1.7.1 nngeometry==0.4 curvlinops-for-pytorch==3.0.1 \
-		einops==0.8.2 unfoldNd==0.2.3 einconv==0.1.0 opt-einsum==3.4.0 linear_operator==0.6.1
+		einops==0.8.2 unfoldNd==0.2.3 einconv==0.1.0 opt-einsum==3.4.0 linear_operator==0.6.1 kronfluence==1.0.1
+	# kronfluence (benchmarks) needs accelerate, whose own dependencies keep torch 2.13.0
+	$(PIP) install --quiet "accelerate>=0.31"
 	touch $(STAMP)
 
 install: $(STAMP)
