@@ -27,5 +27,11 @@ class ConvergenceError(FisherKLError, RuntimeError):
     """A numerical expectation (series or quadrature) did not reach its tolerance."""
 
 
+class NumericalError(FisherKLError, ArithmeticError):
+    """A result that mathematics fixes (finite, a Fisher diagonal ≥ 0, a symmetric positive
+    semi-definite matrix, a KL ≥ 0) came out violating it, or a numerical scheme cannot resolve the
+    distribution at these parameters. The message names the quantity, θ and what to do instead."""
+
+
 class SingularFisherWarning(UserWarning):
     """The Fisher information is singular at θ (a direction of θ is not identifiable there)."""

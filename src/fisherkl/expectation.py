@@ -26,7 +26,7 @@ from torch import Tensor
 from torch.distributions import Distribution, VonMises
 from torch.distributions import constraints as tc
 
-from .errors import ConvergenceError
+from .errors import ConvergenceError, NumericalError
 
 Integrand = Callable[[Tensor], tuple[Tensor, "Tensor | LogScaled"]]
 _STALL_RTOL = 1e-7  # a quadrature that stops improving below this relative size returns (error stated)
@@ -81,13 +81,15 @@ class LogScaled(NamedTuple):
         return self.value * _expand_out(torch.exp(self.log_scale), self.value.ndim)
 
 
-def _weighted_sum(logw: Tensor, logp: Tensor, f: Tensor | LogScaled) -> tuple[Tensor, Tensor]:
+def _weighted_sum(logw: Tensor, logp: Tensor, f: Tensor | LogScaled, drop_tiny: bool = True) -> tuple[Tensor, Tensor]:
     """Σₙ exp(logw + logp)·f over the node axis 0; and Σ weights.
 
-    Nodes of zero weight are ignored, and so are nodes whose weight is below 1e-100 where the
-    integrand came out non-finite (torch's densities lose precision at such extreme points; their
-    true contribution is negligible). A non-finite integrand at a node of real weight is kept: a
-    KL with q = 0 where p > 0 is +inf.
+    Nodes of zero weight are ignored. With ``drop_tiny`` (quadrature) so are nodes whose weight is
+    below 1e-100 where the integrand came out non-finite (torch's densities lose precision at such
+    extreme points of a continuous tail; their true contribution is negligible). A sum over support
+    points (finite, series) never drops a point of positive probability: a non-finite integrand
+    there makes the sum non-finite, and the caller refuses it. A non-finite integrand at a node of
+    real weight is kept: a KL with q = 0 where p > 0 is +inf.
     """
     w = torch.exp(logw + logp)
     if isinstance(f, LogScaled):
@@ -96,11 +98,29 @@ def _weighted_sum(logw: Tensor, logp: Tensor, f: Tensor | LogScaled) -> tuple[Te
         logw_f = logw + logp
     w_f = torch.exp(logw_f)
     wb = w_f.reshape(w_f.shape + (1,) * (f.ndim - w_f.ndim))
-    keep = (wb > 0) & (torch.isfinite(f) | (wb > 1e-100))
+    keep = wb > 0
+    if drop_tiny:
+        w_node = w.reshape(w.shape + (1,) * (f.ndim - w.ndim))
+        keep = keep & (torch.isfinite(f) | (w_node > 1e-100))
     # zero both factors where dropped (not just the product), so no NaN reaches a gradient
     zero = torch.zeros_like(f)
     wf = torch.where(keep, wb, zero) * torch.where(keep, f, zero)
     return wf.sum(0), torch.nan_to_num(w, nan=0.0).sum(0)
+
+
+def _require_mass(mass: Tensor, scheme: str, dist: Distribution, tol: float = 1e-3) -> Tensor:
+    """The probability defect |1 − Σ p| of the points summed; refuses (NumericalError) beyond ``tol``."""
+    defect = (1 - mass.detach()).abs()
+    defect = torch.nan_to_num(defect, nan=math.inf)
+    if bool((defect > tol).any()):
+        worst = float(defect.max())
+        raise NumericalError(
+            f"{scheme} expectation over {type(dist).__name__}: the points summed hold probability "
+            f"{1 - worst if worst <= 1 else math.nan:.3g} instead of 1 (defect {worst:.3g}): the density cannot be "
+            f"resolved at these parameters in {_dtype_of(dist)} (mass out of reach or lost to rounding); use "
+            "float64, method='closed' or 'kl_hessian' where available, or expectation='mc'"
+        )
+    return defect
 
 
 def _expand_out(t: Tensor, ndim: int) -> Tensor:
@@ -108,54 +128,154 @@ def _expand_out(t: Tensor, ndim: int) -> Tensor:
 
 
 # --- finite supports -----------------------------------------------------------------------------
+_MAX_SUPPORT = 1 << 22  # support points × batch elements summed at once
+
+
+def _support_size(dist: Distribution) -> float | None:
+    """The number of support points ``enumerate_support`` would build, where it is known in advance."""
+    from torch.distributions import Binomial, Categorical, Multinomial
+
+    if isinstance(dist, Multinomial):
+        n, k = int(dist.total_count), int(dist._categorical.param_shape[-1])
+        return float(math.comb(n + k - 1, k - 1))
+    if isinstance(dist, Binomial):
+        return float(dist.total_count.max()) + 1 if dist.total_count.numel() else 1.0
+    if isinstance(dist, Categorical):
+        return float(dist._num_events)
+    return None
+
+
 def _finite(dist: Distribution, integrand: Integrand) -> tuple[Tensor, Tensor]:
+    size = _support_size(dist)
+    if size is not None and size * max(1, dist.batch_shape.numel()) > _MAX_SUPPORT:
+        raise NumericalError(
+            f"exact sum over {type(dist).__name__}: {size:.4g} support points × {dist.batch_shape.numel()} parameter "
+            f"sets is too many to enumerate; use method='closed' or 'kl_hessian', or expectation='mc'"
+        )
     x = dist.enumerate_support(expand=True)
     logp, f = integrand(x)
-    value, _ = _weighted_sum(torch.zeros_like(logp), logp, f)
-    return value, torch.zeros_like(value)
+    value, mass = _weighted_sum(torch.zeros_like(logp), logp, f, drop_tiny=False)
+    defect = _require_mass(mass, "finite-sum", dist)
+    # the probabilities themselves are rounded: their defect times the value's size is the error
+    scale = value.detach().abs()
+    if scale.ndim > defect.ndim:
+        scale = _expand_out(scale.flatten(defect.ndim).amax(-1), scale.ndim)
+    return value, torch.nan_to_num(_expand_out(defect, value.ndim) * scale, nan=math.inf).expand_as(value)
 
 
 # --- countable supports --------------------------------------------------------------------------
+_SERIES_SPREAD = 12.0  # start the sum this many standard deviations below the mean (log-concave tails)
+
+
+def _series_start(dist: Distribution, lower: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Where the sum starts, per batch element: ``lower``, or mean − 12·sd when the mass sits far above it."""
+    batch = dist.batch_shape
+    start = torch.full(batch, float(lower), dtype=dtype, device=device)
+    try:
+        mean = dist.mean.detach().to(dtype).expand(batch)
+        sd = dist.stddev.detach().to(dtype).expand(batch)
+    except (NotImplementedError, AttributeError, RuntimeError):
+        return start
+    far = torch.floor(mean - _SERIES_SPREAD * sd)
+    ok = torch.isfinite(far) & (far > lower)
+    return torch.where(ok, far, start)
+
+
 def _series(
     dist: Distribution, integrand: Integrand, rtol: float, tail_tol: float, max_terms: int
 ) -> tuple[Tensor, Tensor]:
-    lower = dist.support.lower_bound
+    """Σ_k p_k f(k) over k = start, start + 1, … (start per batch element, see :func:`_series_start`).
+
+    The right tail beyond the last term K is bounded by p_K·r/(1 − r), r = p_K/p_{K−1} < 1, and the
+    left tail below the start s > lower by p_s·ρ/(1 − ρ), ρ = p_{s−1}/p_s (log-concave pmfs); each times
+    the integrand's size there. Sums that would need more than ``max_terms`` terms, or integers beyond
+    the dtype's exact range, are refused up front (NumericalError) instead of running for minutes.
+    """
+    lower = float(dist.support.lower_bound)
     batch = dist.batch_shape
-    start, chunk = 0, 64
-    total: Tensor | None = None
-    probe = dist.log_prob(torch.as_tensor(float(lower)).expand(batch))
+    probe = dist.log_prob(torch.as_tensor(lower).expand(batch))
     dtype, device = probe.dtype, probe.device
+    start = _series_start(dist, lower, dtype, device)
+    try:
+        width = (dist.mean.detach().to(dtype) + _SERIES_SPREAD * dist.stddev.detach().to(dtype)).expand(batch) - start
+    except (NotImplementedError, AttributeError, RuntimeError):
+        width = torch.zeros(batch, dtype=dtype, device=device)
+    width_max = float(width.max()) if width.numel() else 0.0
+    if width_max > max_terms or not math.isfinite(width_max):
+        raise NumericalError(
+            f"series expectation over {type(dist).__name__}: the mass spans about {width_max:.3g} integers, beyond "
+            f"the {max_terms} terms an exact sum may take; use method='closed' or 'kl_hessian', or expectation='mc'"
+        )
+    top = float((start + width).max()) if width.numel() else 0.0
+    digits = round(-math.log2(torch.finfo(dtype).eps)) + 1  # 53 in float64, 24 in float32
+    if top > 2.0**digits:
+        raise NumericalError(
+            f"series expectation over {type(dist).__name__}: the mass sits near {top:.3g}, beyond the integers "
+            f"{dtype} represents exactly (2^{digits}); use float64 or method='closed'"
+        )
+    # left tail below the start (zero where the sum starts at the support's lower bound)
+    inner = start > lower
+    log_s = dist.log_prob(start).detach()
+    log_before = dist.log_prob(torch.where(inner, start - 1, start)).detach()
+    rho = torch.exp(log_before - log_s).clamp(max=1.0)
+    left = torch.where(inner, torch.where(rho < 1, torch.exp(log_s) * rho / (1 - rho), math.inf), 0.0)
+    offset, chunk = 0, 64
+    total: Tensor | None = None
+    mass = torch.zeros(batch, dtype=dtype, device=device)
+    log_f_first: Tensor | None = None
     prev_logp: Tensor | None = None
     while True:
-        k = torch.arange(start, start + chunk, dtype=dtype, device=device) + lower
-        x = k.reshape((-1,) + (1,) * len(batch)).expand((chunk, *batch))
+        k = torch.arange(offset, offset + chunk, dtype=dtype, device=device).reshape((-1,) + (1,) * len(batch))
+        x = start + k
         logp, f = integrand(x)
-        part, _ = _weighted_sum(torch.zeros_like(logp), logp, f)
+        part, part_mass = _weighted_sum(torch.zeros_like(logp), logp, f, drop_tiny=False)
         total = part if total is None else total + part
+        mass = mass + part_mass
+        log_f = _log_size(f, len(batch))
+        if log_f_first is None:
+            log_f_first = log_f[0]
         last = logp[-1].detach()
         before = logp[-2].detach() if chunk > 1 else prev_logp
         prev_logp = last
-        start += chunk
+        offset += chunk
         log_r = last - before if before is not None else torch.zeros_like(last)
         r = torch.exp(log_r).clamp(max=1.0)
         tail = torch.where(r < 1, torch.exp(last) * r / (1 - r), torch.full_like(last, math.inf))
-        f_dense = f.dense() if isinstance(f, LogScaled) else f
-        f_last = f_dense[-1].detach().abs()
-        if f_last.ndim > tail.ndim:
-            f_last = f_last.flatten(tail.ndim).amax(-1)
         scale = total.detach().abs()
         if scale.ndim > tail.ndim:
             scale = scale.flatten(tail.ndim).amax(-1)
-        err = torch.where(tail > 0, tail * torch.clamp(f_last, min=1.0) * 2, torch.zeros_like(tail))
+        # tail mass times the integrand's size at the last (first) term, in log space (no overflow)
+        err = torch.where(tail > 0, _mul_log(tail, log_f[-1]), torch.zeros_like(tail))
+        err = err + torch.where(left > 0, _mul_log(left, log_f_first), torch.zeros_like(left))
         err = torch.nan_to_num(err, nan=math.inf)
-        if bool(((tail < tail_tol) & (err <= rtol * scale + tail_tol)).all()):
+        done = (tail < tail_tol) & (left < tail_tol) & (err <= rtol * scale + tail_tol)
+        if bool(done.all()):
+            defect = _require_mass(mass, "series", dist)
+            err = err + defect * scale
             return total, _expand_out(err, total.ndim).expand_as(total)
-        if start >= max_terms:
+        if offset >= max_terms:
             raise ConvergenceError(
-                f"series expectation not converged after {start} terms (tail mass bound "
+                f"series expectation not converged after {offset} terms (tail mass bound "
                 f"{float(tail.max()):.3g}); the distribution may be too wide or the sum may diverge"
             )
         chunk = min(chunk * 2, 1 << 16)
+
+
+def _log_size(f: Tensor | LogScaled, nbatch: int) -> Tensor:
+    """log max|f| over the output entries, per node ``[n, *batch]`` (−inf where f is 0)."""
+    if isinstance(f, LogScaled):
+        v, extra = f.value.detach().abs(), f.log_scale.detach()
+    else:
+        v, extra = f.detach().abs(), None
+    if v.ndim > nbatch + 1:
+        v = v.flatten(nbatch + 1).amax(-1)
+    out = torch.log(v)
+    return out if extra is None else out + extra
+
+
+def _mul_log(mass: Tensor, log_f: Tensor) -> Tensor:
+    """2·mass·max(|f|, 1) with |f| = exp(log_f), computed without overflow where the product is finite."""
+    return torch.exp(torch.log(mass) + torch.clamp(log_f, min=0.0) + math.log(2))
 
 
 # --- one-dimensional quadrature ------------------------------------------------------------------
@@ -263,6 +383,10 @@ def _quadrature(
             # into the gradient: move them to the centre with weight zero and evaluate again
             dense = f.dense() if isinstance(f, LogScaled) else f
             bad = ~torch.isfinite(logp.detach())
+            # nodes of zero (underflowed) weight add nothing, but their gradient may be 0·NaN (a
+            # log-sum-exp over components of which one is −inf): move them too
+            log_scale = f.log_scale.detach() if isinstance(f, LogScaled) else 0.0
+            bad |= torch.exp(lw + logp.detach() + log_scale) == 0
             if dense.ndim > logp.ndim:
                 bad |= ~torch.isfinite(dense.detach()).flatten(logp.ndim).all(-1)
             if bool(bad.any()):

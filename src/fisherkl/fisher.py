@@ -24,12 +24,14 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from . import arguments
 from .derivatives import hessian_at_zero, log_prob_derivatives
 from .divergence_core import divergence, log_ratio
 from .errors import NonRegularModelError, RouteError
 from .estimate import Estimate
-from .expectation import exact_scheme, expect_exact, expect_mc
-from .model import Model, check_not_nan, no_argument_validation, require_model
+from .expectation import LogScaled, exact_scheme, expect_exact, expect_mc
+from .guard import check_information, check_mean_score
+from .model import Model, no_argument_validation, require_model
 
 Method = Literal["auto", "closed", "kl_hessian", "jeffreys_hessian", "score", "neg_hessian"]
 Expectation = Literal["auto", "exact", "mc"]
@@ -62,10 +64,42 @@ def fisher(
     """
     theta = require_model(model, "fisher").validate(theta)
     require_regular(model)
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise RouteError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-    if expectation not in ("auto", "exact", "mc"):
+    if not isinstance(expectation, str) or expectation not in ("auto", "exact", "mc"):
         raise RouteError(f"unknown expectation {expectation!r}; choose 'auto', 'exact' or 'mc'")
+    n_samples = arguments.integer(n_samples, "n_samples", 2)
+    seed = arguments.seed(seed)
+    generator = arguments.generator(generator)
+    rtol = arguments.optional_real(rtol, "rtol", low=0.0, high=1.0, low_open=True, high_open=True)
+    return_error = arguments.flag(return_error, "return_error")
+    full_shape = theta.shape
+    theta = _collapse_broadcast(theta)
+    est = _fisher(model, theta, method, expectation, n_samples, seed, generator, rtol)
+    if theta.shape != full_shape:  # rows that are one row broadcast (stride 0) were computed once
+        shape = (*full_shape, full_shape[-1])
+        est = Estimate(est.value.expand(shape).clone(), est.error.expand(shape).clone(), est.method, est.n_samples)
+    return est if return_error else est.value
+
+
+def _collapse_broadcast(theta: Tensor) -> Tensor:
+    """θ with every leading dimension of stride 0 (one row broadcast, e.g. ``t.expand(10**5, d)``) cut to size 1."""
+    if theta.ndim < 2 or all(st != 0 or n <= 1 for st, n in zip(theta.stride()[:-1], theta.shape[:-1])):
+        return theta
+    index = tuple(slice(0, 1) if st == 0 else slice(None) for st, n in zip(theta.stride()[:-1], theta.shape[:-1]))
+    return theta[index]
+
+
+def _fisher(
+    model: Model,
+    theta: Tensor,
+    method: str,
+    expectation: str,
+    n_samples: int,
+    seed: int | None,
+    generator: torch.Generator | None,
+    rtol: float | None,
+) -> Estimate:
     with no_argument_validation():
         value = model.closed_fisher(theta) if method in ("auto", "closed") else None
         if method == "auto":
@@ -79,9 +113,9 @@ def fisher(
             est = _kl_route(model, theta, method, n_samples, seed)
         else:
             est = _expectation_route(model, theta, method, expectation, n_samples, seed, generator, rtol)
-    check_not_nan(model, est.value, f"the Fisher information by route {est.method!r}")
+    check_information(model.name, theta, est.value, None if est.method == "closed" else est.error, est.method)
     model.diagnose(theta, est.value)
-    return est if return_error else est.value
+    return est
 
 
 def auto_method(model: Model, theta: Tensor) -> str:
@@ -175,12 +209,32 @@ def _expectation_route(
         raise RouteError(f"{model.name}: route 'neg_hessian' does not apply: {why}")
     dist = model.distribution(theta.detach())
     order = 2 if method == "neg_hessian" else 1
+    d = theta.shape[-1]
 
-    def integrand(x: Tensor) -> tuple[Tensor, Tensor]:
+    def integrand(x: Tensor) -> tuple[Tensor, LogScaled]:
+        # f = [s sᵀ | s] (or [−∇²log p | s]) per node, divided by its largest entry m and carried with
+        # log m² (log m): p·s sᵀ is formed in log space, so a huge score at a tiny probability (s = 1e300
+        # where p = 1e-300) neither overflows nor is dropped; the last column gives E[s] for the check
         logp, score, hess = log_prob_derivatives(model, theta, x, order)
+        m = score.detach().abs().amax(-1)
         if hess is not None:
-            return logp, -hess
-        return logp, score.unsqueeze(-1) * score.unsqueeze(-2)
+            m = torch.maximum(m, hess.detach().abs().flatten(-2).amax(-1))
+        m = torch.where((m > 0) & torch.isfinite(m), m, torch.ones_like(m))
+        u = score / m.unsqueeze(-1)
+        if hess is not None:
+            body, log_scale = -hess / m[..., None, None], torch.log(m)
+            last = u
+        else:
+            body, log_scale = u.unsqueeze(-1) * u.unsqueeze(-2), 2 * torch.log(m)
+            last = u / m.unsqueeze(-1)
+        return logp, LogScaled(torch.cat([body, last.unsqueeze(-1)], -1), log_scale)
+
+    def finish(value: Tensor, error: Tensor, label: str, monte_carlo: bool) -> Estimate:
+        info, err = value[..., :d], error[..., :d]
+        info = 0.5 * (info + info.transpose(-1, -2))
+        err = 0.5 * (err + err.transpose(-1, -2))
+        check_mean_score(model.name, theta, value[..., d], error[..., d], info, label, monte_carlo)
+        return Estimate(info, err, label, n_samples if monte_carlo else None)
 
     scheme = exact_scheme(dist)
     if expectation == "exact" and scheme is None:
@@ -190,8 +244,6 @@ def _expectation_route(
         )
     if expectation != "mc" and scheme is not None:
         value, error, scheme = expect_exact(dist, integrand, rtol=rtol)
-        value = 0.5 * (value + value.transpose(-1, -2))
-        return Estimate(value, error, f"{method}/{scheme}")
+        return finish(value, error, f"{method}/{scheme}", False)
     value, se = expect_mc(dist, integrand, n_samples=n_samples, seed=seed, generator=generator)
-    value = 0.5 * (value + value.transpose(-1, -2))
-    return Estimate(value, se, f"{method}/mc", n_samples)
+    return finish(value, se, f"{method}/mc", True)

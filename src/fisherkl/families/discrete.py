@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.distributions import Bernoulli, Distribution, Geometric, NegativeBinomial, Poisson
+from torch.distributions import Distribution, Geometric, NegativeBinomial, Poisson
 
 from ..constraints import positive, positive_integer, unit_interval
 from ..model import Param
 from .base import Family, Fixed, register
-from .distributions import AccurateBinomial
+from .distributions import AccurateBernoulli, AccurateBinomial, bernoulli_kl
 
 
 class OneProbability(Family):
@@ -28,7 +28,7 @@ class BernoulliFamily(OneProbability):
     description = "Bernoulli(probs p)"
 
     def make(self, theta: Tensor) -> Distribution:
-        return Bernoulli(probs=theta[..., 0], validate_args=False)
+        return AccurateBernoulli(probs=theta[..., 0], validate_args=False)
 
     def natural(self, theta: Tensor) -> Tensor:
         return torch.logit(theta)
@@ -41,6 +41,10 @@ class BernoulliFamily(OneProbability):
 
     def fisher_formula(self, theta: Tensor) -> Tensor:
         return 1 / (theta * (1 - theta)).unsqueeze(-1)
+
+    def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        # in p directly: torch's formula goes through clamped logits, flat (zero derivatives) below eps
+        return bernoulli_kl(theta_p[..., 0], theta_q[..., 0])
 
 
 @register
@@ -65,6 +69,9 @@ class BinomialFamily(OneProbability):
 
     def fisher_formula(self, theta: Tensor) -> Tensor:
         return self.fixed_values["total_count"] / (theta * (1 - theta)).unsqueeze(-1)
+
+    def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        return self.fixed_values["total_count"] * bernoulli_kl(theta_p[..., 0], theta_q[..., 0])
 
 
 @register

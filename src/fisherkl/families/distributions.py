@@ -19,8 +19,10 @@ from typing import Any
 import torch
 from torch import Tensor
 from torch.distributions import (
+    Bernoulli,
     Beta,
     Binomial,
+    Categorical,
     Chi2,
     ContinuousBernoulli,
     Dirichlet,
@@ -33,9 +35,38 @@ from torch.distributions import (
     Weibull,
     constraints,
 )
-from torch.distributions.utils import broadcast_all
+from torch.distributions.utils import broadcast_all, lazy_property
 
 from ..special import digamma, lgamma
+
+
+class AccurateBernoulli(Bernoulli):
+    """torch's Bernoulli goes through logits of probabilities clamped to [eps, 1 − eps], so at
+    p < eps (1.2e-7 in float32, 2.2e-16 in float64) its log-density no longer depends on p and every
+    derivative is 0; this one is written in p directly (and its logits are not clamped)."""
+
+    @lazy_property
+    def logits(self) -> Tensor:  # type: ignore[override]
+        return torch.log(self.probs) - torch.log1p(-self.probs)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        p, value = broadcast_all(self.probs, value)
+        return torch.xlogy(value, p) + (1 - value) * torch.log1p(-p)
+
+
+class AccurateCategorical(Categorical):
+    """torch's Categorical clamps its probabilities to [eps, 1 − eps] before the log, which kills the
+    derivative in any probability below eps; here log p is taken of the probabilities themselves."""
+
+    @lazy_property
+    def logits(self) -> Tensor:  # type: ignore[override]
+        return torch.log(self.probs)
+
+
+def bernoulli_kl(p: Tensor, q: Tensor) -> Tensor:
+    """KL[Bernoulli(p) ‖ Bernoulli(q)] = p log(p/q) + (1 − p) log((1 − p)/(1 − q)), in p and q directly
+    (no clamped logits), so that its derivatives stay exact down to the smallest p."""
+    return p * (torch.log(p) - torch.log(q)) + (1 - p) * (torch.log1p(-p) - torch.log1p(-q))
 
 
 class AccurateBinomial(Binomial):
@@ -224,9 +255,15 @@ class Logistic(Distribution):
 
 
 class EnumerableMultinomial(Multinomial):
-    """A Multinomial whose finite support (all count vectors summing to n) can be enumerated."""
+    """A Multinomial whose finite support (all count vectors summing to n) can be enumerated; its
+    log-density is written in the probabilities themselves (torch's clamps them to [eps, 1 − eps])."""
 
     has_enumerate_support = True
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        p = self.probs
+        n = torch.as_tensor(float(self.total_count), dtype=p.dtype, device=p.device)
+        return lgamma(n + 1) - lgamma(value + 1).sum(-1) + torch.xlogy(value, p).sum(-1)
 
     def enumerate_support(self, expand: bool = True) -> Tensor:
         n, k = self.total_count, self._categorical.param_shape[-1]

@@ -12,13 +12,14 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.distributions import Categorical, Distribution, MixtureSameFamily, Normal
+from torch.distributions import Distribution, MixtureSameFamily, Normal
 from torch.distributions.transforms import StickBreakingTransform
 
 from ..constraints import Constraint, positive, real, unit_interval
 from ..errors import SingularFisherWarning
 from ..model import Param
 from .base import Family, Fixed, register
+from .distributions import AccurateCategorical
 from .multivariate import CategoricalFamily
 
 components = Constraint(low=2.0, low_open=False, integer=True)
@@ -57,7 +58,7 @@ class NormalMixtureFamily(Family):
 
     def make(self, theta: Tensor) -> Distribution:
         w, loc, scale = self.split(theta)
-        mix = Categorical(probs=w, validate_args=False)
+        mix = AccurateCategorical(probs=w, validate_args=False)
         return MixtureSameFamily(mix, Normal(loc, scale, validate_args=False), validate_args=False)
 
     def unconstraining_transform(self) -> Callable[[Tensor], Tensor]:

@@ -6,14 +6,14 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.distributions import Categorical, Distribution
+from torch.distributions import Distribution
 from torch.distributions.transforms import StickBreakingTransform
 
 from ..constraints import Constraint, positive, positive_integer, unit_interval
 from ..model import Param
 from ..special import lgamma, trigamma
 from .base import Family, Fixed, register
-from .distributions import AccurateDirichlet, EnumerableMultinomial, dirichlet_kl
+from .distributions import AccurateCategorical, AccurateDirichlet, EnumerableMultinomial, dirichlet_kl
 
 categories = Constraint(low=2.0, low_open=False, integer=True)
 
@@ -57,7 +57,7 @@ class CategoricalFamily(Family):
         return torch.cat([theta, 1 - theta.sum(-1, keepdim=True)], -1)
 
     def make(self, theta: Tensor) -> Distribution:
-        return Categorical(probs=self.full_probs(theta), validate_args=False)
+        return AccurateCategorical(probs=self.full_probs(theta), validate_args=False)
 
     def natural(self, theta: Tensor) -> Tensor:
         return torch.log(theta) - torch.log1p(-theta.sum(-1, keepdim=True))
