@@ -31,7 +31,8 @@ def integer(value: Any, name: str, low: int | None = None, high: int | None = No
     value = int(value)
     if (low is not None and value < low) or (high is not None and value > high):
         if high is None:
-            raise ParameterError(f"{name} must be an integer >= {low}, got {value}")
+            kind = "a positive integer (>= 1)" if low == 1 else f"an integer >= {low}"
+            raise ParameterError(f"{name} must be {kind}, got {value}")
         if low is None:
             raise ParameterError(f"{name} must be an integer <= {high}, got {value}")
         raise ParameterError(f"{name} must be an integer in [{low}, {high}], got {value}")

@@ -59,13 +59,20 @@ class Constraint:
 
 
 def _fmt(v: float) -> str:
-    return f"{v:g}"
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e16 else f"{v:g}"
 
 
 real = Constraint()
 positive = Constraint(low=0.0)
 unit_interval = Constraint(low=0.0, high=1.0)
 positive_integer = Constraint(low=1.0, low_open=False, integer=True)
+#: a count that float64 holds exactly (n ≤ 2^53): larger ones cannot enter a log-density without rounding
+count = Constraint(low=1.0, high=2.0**53, low_open=False, high_open=False, integer=True)
+
+
+def integer_in(low: int, high: int) -> Constraint:
+    """An integer in [low, high] (sizes: numbers of categories, dimensions, components)."""
+    return Constraint(low=float(low), high=float(high), low_open=False, high_open=False, integer=True)
 
 
 def greater_than(low: float) -> Constraint:

@@ -29,7 +29,7 @@ def log_prob_derivatives(model: Model, theta: Tensor, x: Tensor, order: int) -> 
     rep, keep = replicate(theta, x.shape[0])
     with torch.enable_grad():
         logp = model.distribution(rep).log_prob(x)
-        (score,) = torch.autograd.grad(logp.sum(), rep, create_graph=keep or order == 2)
+        score = grad_or_zero(logp.sum(), rep, create_graph=keep or order == 2)
         hess = rows_of_jacobian(score, rep, keep) if order == 2 else None
     if not keep:
         logp, score = logp.detach(), score.detach()
@@ -39,8 +39,17 @@ def log_prob_derivatives(model: Model, theta: Tensor, x: Tensor, order: int) -> 
 def rows_of_jacobian(g: Tensor, wrt: Tensor, keep: bool) -> Tensor:
     """J[..., i, j] = ∂g[..., i]/∂wrt[..., j] for g that depends on each row of wrt alone."""
     d = g.shape[-1]
-    rows = [torch.autograd.grad(g[..., i].sum(), wrt, retain_graph=True, create_graph=keep)[0] for i in range(d)]
+    rows = [grad_or_zero(g[..., i].sum(), wrt, retain_graph=True, create_graph=keep) for i in range(d)]
     return torch.stack(rows, -2)
+
+
+def grad_or_zero(out: Tensor, wrt: Tensor, *, retain_graph: bool | None = None, create_graph: bool = False) -> Tensor:
+    """∂out/∂wrt, or zeros where ``out`` does not depend on ``wrt`` at all (a model whose distribution
+    ignores θ has score 0 and Fisher information 0, not an autograd error)."""
+    if not out.requires_grad:
+        return torch.zeros_like(wrt)
+    (g,) = torch.autograd.grad(out, wrt, retain_graph=retain_graph, create_graph=create_graph, allow_unused=True)
+    return torch.zeros_like(wrt) if g is None else g
 
 
 def hessian_at_zero(fn: Callable[[Tensor], Tensor], theta: Tensor) -> Tensor:
@@ -49,5 +58,5 @@ def hessian_at_zero(fn: Callable[[Tensor], Tensor], theta: Tensor) -> Tensor:
     delta = torch.zeros_like(theta.detach()).requires_grad_(True)
     with torch.enable_grad():
         value = fn(delta)
-        (g,) = torch.autograd.grad(value.sum(), delta, create_graph=True)
+        g = grad_or_zero(value.sum(), delta, create_graph=True)
         return rows_of_jacobian(g, delta, keep)

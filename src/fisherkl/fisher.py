@@ -109,10 +109,18 @@ def _fisher(
                 routes = ", ".join(available_routes(model, theta))
                 raise RouteError(f"{model.name}: no closed-form Fisher; available routes: {routes}")
             est = Estimate(value, value.new_zeros(()).expand_as(value), "closed")
-        elif method in ("kl_hessian", "jeffreys_hessian"):
-            est = _kl_route(model, theta, method, n_samples, seed)
         else:
-            est = _expectation_route(model, theta, method, expectation, n_samples, seed, generator, rtol)
+            standard = model.standard_point(theta)
+            at = theta if standard is None else standard[0]
+            if method in ("kl_hessian", "jeffreys_hessian"):
+                est = _kl_route(model, at, method, n_samples, seed)
+            else:
+                est = _expectation_route(model, at, method, expectation, n_samples, seed, generator, rtol)
+            if standard is not None:  # I(θ) = Jᵀ I(θ₀) J
+                jac = standard[1]
+                value = jac.transpose(-1, -2) @ est.value @ jac
+                error = jac.abs().transpose(-1, -2) @ est.error @ jac.abs()
+                est = Estimate(value, error, est.method, est.n_samples)
     check_information(model.name, theta, est.value, None if est.method == "closed" else est.error, est.method)
     model.diagnose(theta, est.value)
     return est

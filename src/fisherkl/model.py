@@ -94,6 +94,13 @@ def as_parameter_tensor(value: Any, what: str = "theta", like: Tensor | None = N
             t = torch.as_tensor(value)
         except (TypeError, ValueError, RuntimeError) as exc:
             raise ParameterError(f"{what} must be numeric, got {value!r}") from exc
+    if t.device.type == "meta":
+        raise ParameterError(f"{what} is a meta tensor (a shape without values); give it values on a real device")
+    if t.dtype in (torch.float16, torch.bfloat16):
+        raise ParameterError(
+            f"{what} is {t.dtype}: fisherkl's routes (quadrature, autodiff Hessians, linear algebra) need "
+            f"float32 or float64; convert it (e.g. {what}.double())"
+        )
     if not (t.is_floating_point()):
         if t.is_complex():
             raise ParameterError(f"{what} must be real, got a complex tensor")
@@ -271,6 +278,14 @@ class Model:
         from .reparam import unconstrained  # reparam builds on Model
 
         return unconstrained(self)
+
+    def standard_point(self, theta: Tensor) -> tuple[Tensor, Tensor] | None:
+        """A point θ₀ and J ``[..., d, d]`` with I(θ) = Jᵀ I(θ₀) J exactly, or None (the default).
+
+        The numerical routes (quadrature, series, Monte Carlo, Hessians of a KL) are taken at θ₀, where
+        the distribution is of moderate size, and pulled back: a location–scale family is evaluated at
+        (0, 1), so a location of 1e135 or a scale of 1e150 costs no precision (hook for families)."""
+        return None
 
     def diagnose(self, theta: Tensor, info: Tensor) -> None:
         """Warn about known singular points of the Fisher information (a hook for families)."""

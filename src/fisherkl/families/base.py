@@ -61,9 +61,11 @@ class Family(Model):
         self.fixed_values: dict[str, Any] = {}
         for key, spec in self.fixed.items():
             value = fixed.get(key, spec.default)
-            try:
-                ok = bool(spec.constraint.check(torch.as_tensor(float(value))))
-            except (TypeError, ValueError):
+            try:  # in float64: a float32 check would turn 1e300 into inf and 1e-300 into 0
+                ok = not isinstance(value, bool) and bool(
+                    spec.constraint.check(torch.as_tensor(float(value), dtype=torch.float64))
+                )
+            except (TypeError, ValueError, OverflowError):
                 ok = False
             if not ok:
                 raise ParameterError(f"{self.name}: fixed argument '{key}' must be {spec.constraint}, got {value!r}")

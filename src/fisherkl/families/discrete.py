@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Geometric, NegativeBinomial, Poisson
 
-from ..constraints import positive, positive_integer, unit_interval
+from ..constraints import count, positive, unit_interval
 from ..model import Param
 from .base import Family, Fixed, register
 from .distributions import AccurateBernoulli, AccurateBinomial, bernoulli_kl
@@ -52,7 +52,7 @@ class BinomialFamily(OneProbability):
     name = "binomial"
     torch_name = "Binomial"
     description = "Binomial(total_count n fixed, probs p)"
-    fixed = {"total_count": Fixed(positive_integer, 10, "number of trials n")}
+    fixed = {"total_count": Fixed(count, 10, "number of trials n")}
 
     def make(self, theta: Tensor) -> Distribution:
         n = self.fixed_values["total_count"]

@@ -17,11 +17,11 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, LowRankMultivariateNormal, MultivariateNormal, Normal
 
-from ..constraints import Constraint, positive, positive_integer, real
+from ..constraints import integer_in, positive, real
 from ..model import Param
 from .base import Family, Fixed, register
 
-dimension = Constraint(low=1.0, low_open=False, integer=True)
+dimension = integer_in(1, 1024)  # mvn: k + k(k + 1)/2 parameters
 
 
 def _tril_indices(k: int, device: torch.device | None = None) -> tuple[Tensor, Tensor]:
@@ -129,7 +129,7 @@ class LowRankMVNFamily(Family):
     name = "lowrank_mvn"
     torch_name = "LowRankMultivariateNormal"
     description = "normal with covariance W Wᵀ + diag(D); θ = loc[k], cov_factor[k×rank], cov_diag[k]"
-    fixed = {"k": Fixed(dimension, 3, "dimension k"), "rank": Fixed(positive_integer, 1, "rank of W")}
+    fixed = {"k": Fixed(dimension, 3, "dimension k"), "rank": Fixed(integer_in(1, 1024), 1, "rank of W")}
 
     @property
     def k(self) -> int:

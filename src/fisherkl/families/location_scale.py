@@ -45,6 +45,13 @@ class LocationScale(Family):
         unit = torch.tensor([[self.a, self.c], [self.c, self.e]], dtype=theta.dtype, device=theta.device)
         return unit / theta[..., 1, None, None].square()
 
+    def standard_point(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        """(0, 1) and J = I/σ: the Fisher information of (μ, σ) is that of (0, 1) divided by σ²."""
+        sigma = theta[..., 1]
+        standard = torch.stack([torch.zeros_like(sigma), torch.ones_like(sigma)], -1).detach()
+        inv = (1 / sigma)[..., None, None]
+        return standard, inv * torch.eye(2, dtype=theta.dtype, device=theta.device)
+
 
 @register
 class NormalFamily(LocationScale):

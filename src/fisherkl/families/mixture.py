@@ -15,14 +15,14 @@ from torch import Tensor
 from torch.distributions import Distribution, MixtureSameFamily, Normal
 from torch.distributions.transforms import StickBreakingTransform
 
-from ..constraints import Constraint, positive, real, unit_interval
+from ..constraints import integer_in, positive, real, unit_interval
 from ..errors import SingularFisherWarning
 from ..model import Param
 from .base import Family, Fixed, register
 from .distributions import AccurateCategorical
 from .multivariate import CategoricalFamily
 
-components = Constraint(low=2.0, low_open=False, integer=True)
+components = integer_in(2, 2**16)
 
 
 @register

@@ -9,13 +9,13 @@ from torch import Tensor
 from torch.distributions import Distribution
 from torch.distributions.transforms import StickBreakingTransform
 
-from ..constraints import Constraint, positive, positive_integer, unit_interval
+from ..constraints import count, integer_in, positive, unit_interval
 from ..model import Param
 from ..special import lgamma, trigamma
 from .base import Family, Fixed, register
 from .distributions import AccurateCategorical, AccurateDirichlet, EnumerableMultinomial, dirichlet_kl
 
-categories = Constraint(low=2.0, low_open=False, integer=True)
+categories = integer_in(2, 2**20)  # a k − 1 parameter model: beyond a million categories, refused
 
 
 @register
@@ -90,7 +90,7 @@ class MultinomialFamily(CategoricalFamily):
     torch_name = "Multinomial"
     description = "Multinomial(total_count n fixed, k categories); θ = the first k−1 probabilities"
     fixed = {
-        "total_count": Fixed(positive_integer, 10, "number of draws n"),
+        "total_count": Fixed(count, 10, "number of draws n"),
         "k": Fixed(categories, 3, "number of categories"),
     }
 

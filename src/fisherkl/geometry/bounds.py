@@ -8,9 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import FisherKLError, ParameterError
+from .. import arguments
+from ..errors import FisherKLError
 from ..fisher import fisher
-from ..model import Model
+from ..model import Model, require_model
 
 
 def _direction(model: Model, vec: Tensor) -> str:
@@ -26,9 +27,9 @@ def cramer_rao(model: Model, theta: Any, n: int = 1, *, rcond: float | None = No
     d·machine-epsilon·100), naming the unidentifiable direction: the eigenvector of the smallest
     eigenvalue, in the model's parameter names.
     """
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ParameterError(f"n (the number of observations) must be a positive integer, got {n!r}")
-    theta = model.validate(theta)
+    n = arguments.integer(n, "n (the number of observations)", 1)
+    rcond = arguments.optional_real(rcond, "rcond", low=0.0, high=1.0, high_open=True)
+    theta = require_model(model, "cramer_rao").validate(theta)
     info = fisher(model, theta)
     d = info.shape[-1]
     if rcond is None:
@@ -45,4 +46,5 @@ def cramer_rao(model: Model, theta: Any, n: int = 1, *, rcond: float | None = No
             f"{model.name}: the Fisher information is singular{at} (eigenvalues {eig[idx].tolist()}), so the "
             f"Cramér–Rao bound is infinite: the direction {direction} is not identifiable from the data"
         )
-    return torch.cholesky_inverse(torch.linalg.cholesky(info)) / n
+    # 1/n as Python's exact int division: n = 10**400 gives 0.0 (the bound underflows), not OverflowError
+    return torch.cholesky_inverse(torch.linalg.cholesky(info)) * (1 / n)

@@ -76,9 +76,21 @@ def location_scale_distance(mu1: Tensor, s1: Tensor, mu2: Tensor, s2: Tensor, a:
     """d for I = σ⁻²[[a, c], [c, e]]: √B·arccosh(1 + [(a/B)(u₁−u₂)² + (σ₁−σ₂)²]/(2σ₁σ₂))."""
     big_b = e - c * c / a
     du = (mu1 - mu2) + (c / a) * (s1 - s2)
-    z = ((a / big_b) * du.square() + (s1 - s2).square()) / (2 * s1 * s2)
-    # arccosh(1 + z) = log1p(z + √(z(z + 2))): accurate for small z; zero (sub)gradient at z = 0
-    return math.sqrt(big_b) * torch.log1p(z + _safe_sqrt(z * (z + 2)))
+    # z = [(a/B)Δu² + Δσ²]/(2σ₁σ₂), formed as exp(log z) where its pieces would overflow (Δu = 1e160)
+    x, y = math.sqrt(a / big_b) * du, s1 - s2
+    big = torch.maximum(x.abs(), y.abs())
+    safe_big = torch.where(big > 0, big, torch.ones_like(big))
+    inner = torch.where(big > 0, (x / safe_big).square() + (y / safe_big).square(), torch.ones_like(big))
+    log_z = 2 * torch.log(safe_big) + torch.log(inner) - math.log(2) - torch.log(s1) - torch.log(s2)
+    z = torch.where(big > 0, torch.exp(log_z), torch.zeros_like(big))
+    # arccosh(1 + z) = log1p(z + √(z(z + 2))): accurate for small z; zero (sub)gradient at z = 0;
+    # for large z, log z + log(1 + 1/z + √(1 + 2/z)), which stays finite where z itself overflows
+    large = log_z > 20
+    zl = torch.where(large, torch.exp(torch.clamp(log_z, max=700.0)), torch.ones_like(z))
+    far = log_z + torch.log1p(1 / zl + torch.sqrt(1 + 2 / zl))
+    zs = torch.where(large, torch.zeros_like(z), z)
+    near = torch.log1p(zs + _safe_sqrt(zs * (zs + 2)))
+    return math.sqrt(big_b) * torch.where(large, far, near)
 
 
 @register_distance("normal", "lognormal", "laplace", "cauchy", "logistic", "gumbel", "studentt")

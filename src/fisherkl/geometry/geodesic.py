@@ -13,10 +13,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from .. import arguments
 from ..derivatives import rows_of_jacobian
-from ..errors import ConvergenceError, RouteError
+from ..errors import ConvergenceError, ParameterError, RouteError
 from ..fisher import require_regular
-from ..model import Model, as_parameter_tensor, no_argument_validation, validate_pair
+from ..guard import finite_or_raise
+from ..model import Model, as_parameter_tensor, no_argument_validation, require_model, validate_pair
 from .chart import Chart, chart_for, fisher_metric
 from .closed import closed_distance
 from .solver import GeodesicSolution, metric_terms, solve_geodesic
@@ -76,8 +78,13 @@ def fisher_rao_distance(
     where available, else geodesic). With ``return_path=True`` also returns the geodesic at
     ``steps`` points equally spaced in arc length, ``[steps, ..., d]`` (always from the solver).
     """
-    if method not in ("auto", "closed", "geodesic"):
+    if not isinstance(method, str) or method not in ("auto", "closed", "geodesic"):
         raise RouteError(f"unknown method {method!r}; choose 'auto', 'closed' or 'geodesic'")
+    return_path = arguments.flag(return_path, "return_path")
+    steps = arguments.integer(steps, "steps", 2)
+    degree = arguments.integer(degree, "degree", 1, 4096)
+    max_degree = arguments.integer(max_degree, "max_degree", degree, 4096)
+    rtol = arguments.real(rtol, "rtol", low=0.0, high=1.0, low_open=True, high_open=True)
     t1, t2 = _pair(model, theta1, theta2)
     dist = None
     if method in ("auto", "closed"):
@@ -87,6 +94,14 @@ def fisher_rao_distance(
             raise RouteError(
                 f"{model.name}: no closed-form Fisher–Rao distance for these parameters; use method='geodesic'"
             )
+    if dist is not None:
+        finite_or_raise(
+            model.name,
+            t1,
+            dist,
+            "the closed-form Fisher–Rao distance",
+            "use method='geodesic' or rescale the parameters",
+        )
     if dist is not None and not return_path:
         return dist
     chart, sol = _solve(model, t1, t2, degree, max_degree, rtol)
@@ -102,8 +117,8 @@ def geodesic(model: Model, theta1: Any, theta2: Any, steps: int = 33, *, rtol: f
 
     path[0] = θ₁, path[-1] = θ₂; found by the numerical boundary-value solver.
     """
-    if steps < 2:
-        raise RouteError(f"geodesic: steps must be at least 2, got {steps}")
+    steps = arguments.integer(steps, "steps", 2)
+    rtol = arguments.real(rtol, "rtol", low=0.0, high=1.0, low_open=True, high_open=True)
     t1, t2 = _pair(model, theta1, theta2)
     chart, sol = _solve(model, t1, t2, 8, 64, rtol)
     return _path(model, chart, sol, t1.shape, steps)
@@ -114,6 +129,7 @@ def log_map(model: Model, theta1: Any, theta2: Any, *, rtol: float = 1e-10) -> T
 
     Its length √(vᵀI(θ₁)v) is the Fisher–Rao distance; ``exp_map(model, θ₁, v)`` returns θ₂.
     """
+    rtol = arguments.real(rtol, "rtol", low=0.0, high=1.0, low_open=True, high_open=True)
     t1, t2 = _pair(model, theta1, theta2)
     chart, sol = _solve(model, t1, t2, 8, 64, rtol)
     zero = torch.zeros(1, dtype=sol.coeffs.dtype, device=sol.coeffs.device)
@@ -138,10 +154,24 @@ def exp_map(
     coordinates (so the path cannot leave the parameter domain). ``return_path=True`` also returns the
     ``steps + 1`` points visited, ``[steps + 1, ..., d]``.
     """
-    theta = model.validate(theta)
+    theta = require_model(model, "exp_map").validate(theta)
     require_regular(model)
+    t = arguments.real(t, "t")
+    steps = arguments.integer(steps, "steps", 1)
+    return_path = arguments.flag(return_path, "return_path")
     v = as_parameter_tensor(velocity, "velocity", like=theta)
-    theta, v = torch.broadcast_tensors(theta, v)
+    if v.ndim == 0 and model.dim == 1:
+        v = v.reshape(1)
+    if v.ndim == 0 or v.shape[-1] != model.dim:
+        raise ParameterError(f"{model.name}: velocity must have last dimension {model.dim}, got shape {tuple(v.shape)}")
+    if not bool(torch.isfinite(v).all()):
+        raise ParameterError(f"{model.name}: velocity must be finite")
+    try:
+        theta, v = torch.broadcast_tensors(theta, v)
+    except RuntimeError:
+        raise ParameterError(
+            f"{model.name}: theta {tuple(theta.shape)} and velocity {tuple(v.shape)} do not broadcast"
+        ) from None
     d = theta.shape[-1]
     chart = chart_for(model)
     with no_argument_validation():
@@ -162,7 +192,10 @@ def exp_map(
             w = w + h / 6 * (k1v + 2 * k2v + 2 * k3v + k4v)
             points.append(phi)
         if not bool(torch.isfinite(phi).all()):
-            raise ConvergenceError(f"{model.name}: the geodesic left every finite chart before t = {t:g}")
+            raise ConvergenceError(
+                f"{model.name}: the geodesic left every finite chart before t = {t:g} (or the metric is not finite "
+                f"along it); try a smaller t or more steps"
+            )
         end = chart.forward(phi).reshape(theta.shape)
         if return_path:
             return end, chart.forward(torch.stack(points)).reshape(steps + 1, *theta.shape)
@@ -174,7 +207,7 @@ def christoffel(model: Model, theta: Any) -> Tensor:
 
     Γᵏᵢⱼ = ½ gᵏˡ (∂ᵢ g_jl + ∂ⱼ g_il − ∂ₗ g_ij), with ∂g by autodiff of I(θ) (d² backward passes).
     """
-    theta = model.validate(theta)
+    theta = require_model(model, "christoffel").validate(theta)
     require_regular(model)
     d = theta.shape[-1]
     metric = fisher_metric(model)
@@ -185,5 +218,14 @@ def christoffel(model: Model, theta: Any) -> Tensor:
     dg = dg.reshape(-1, d, d, d)  # [N, i, j, l]
     first = 0.5 * (dg.permute(0, 3, 1, 2) + dg.permute(0, 1, 3, 2) - dg)
     # first[n, i, j, l] = ½(∂ᵢ g_jl + ∂ⱼ g_il − ∂ₗ g_ij)
-    gamma = torch.einsum("nkl,nijl->nkij", torch.linalg.inv(g.detach()), first)
+    hint = "θ is too close to the edge of the parameter space for the metric's derivatives in this dtype"
+    finite_or_raise(model.name, theta, g, "the Fisher metric", hint)
+    finite_or_raise(model.name, theta, first, "the derivatives of the Fisher metric", hint)
+    inv, info = torch.linalg.inv_ex(g.detach())
+    if bool((info != 0).any()):
+        raise ParameterError(
+            f"{model.name}: the Fisher information is singular at theta, so the Christoffel symbols do not exist"
+        )
+    gamma = torch.einsum("nkl,nijl->nkij", inv, first)
+    finite_or_raise(model.name, theta, gamma, "the Christoffel symbols", hint)
     return gamma.reshape(*theta.shape[:-1], d, d, d)
