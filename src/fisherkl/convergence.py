@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from . import families
+from . import arguments, families
 from .agreement import unit_direction
 from .divergence import jeffreys, jeffreys_quadratic, kl, kl_quadratic
-from .errors import FisherKLError
+from .errors import FisherKLError, ParameterError
 from .model import Model
 from .validity import validity_radius
 
@@ -131,10 +131,23 @@ def check(
     progress: Callable[[str], None] | None = None,
 ) -> list[CheckRow]:
     """The convergence table for ``models`` (default: every family at its typical θ)."""
+    directions = arguments.integer(directions, "directions", 1, 1000)
+    seed = arguments.integer(seed, "seed", 0, 2**63 - 1)
+    radius = arguments.flag(radius, "radius")
+    if progress is not None and not callable(progress):
+        raise ParameterError(f"check: progress must be a callable or None, got {type(progress).__name__}")
+    if isinstance(models, Model):
+        models = [models]
+    if models is not None and not isinstance(models, Iterable):
+        raise TypeError(f"check: models must be an iterable of fisherkl models, got {type(models).__name__}")
     if models is None:
         models = [families.family(n) for n in families.names()]
     rows = []
     for m in models:
+        if not isinstance(m, Model):
+            raise TypeError(
+                f"check: models must be fisherkl models (fisherkl.family(name) or fisherkl.Model), got {m!r}"
+            )
         if progress is not None:
             progress(m.name)
         theta = m.typical() if hasattr(m, "typical") else None

@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.distributions import Distribution, VonMises
 from torch.distributions import constraints as tc
 
+from . import arguments
 from .errors import ConvergenceError, NumericalError
 
 Integrand = Callable[[Tensor], tuple[Tensor, "Tensor | LogScaled"]]
@@ -540,8 +541,9 @@ def expect_mc(
     chunk: int = 8192,
 ) -> tuple[Tensor, Tensor]:
     """Monte Carlo mean of f over ``n_samples`` draws, and its standard error (std/√n)."""
-    if n_samples < 2:
-        raise ValueError(f"n_samples must be at least 2, got {n_samples}")
+    n_samples = arguments.integer(n_samples, "n_samples", 2)
+    seed = arguments.seed(seed)
+    generator = arguments.generator(generator)
     x_all = draw(dist, n_samples, seed, generator)
     total: Tensor | None = None
     total_sq: Tensor | None = None

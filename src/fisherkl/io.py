@@ -14,9 +14,14 @@ representation and, given a network, every parameter's name and shape.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import re
+import socket
+import stat
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
@@ -38,17 +43,87 @@ class FileFormatError(FisherKLError, ValueError):
 # --- atomic writes ---------------------------------------------------------------------------------
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` atomically: ``write(f)`` into a temporary file of the same directory, fsync, rename."""
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+_ORPHAN_AGE = 3600.0  # seconds: a temporary file without a live owner this old is an orphan
+
+
+def _as_path(path: Any, where: str) -> Path:
+    if not isinstance(path, (str, os.PathLike)) or str(path) == "":
+        raise TypeError(f"{where}: path must be a non-empty str or os.PathLike, got {path!r}")
+    return Path(path)
+
+
+def _tmp_prefix(path: Path) -> str:
+    """``.<name>.<host hash>-<pid>.``: whose temporary file it is, so that orphans can be told apart."""
+    return f".{path.name}.{_HOST}-{os.getpid()}."
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def remove_orphans(path: str | os.PathLike[str]) -> list[Path]:
+    """Delete temporary files that an interrupted save of ``path`` left (``kill -9`` mid-write).
+
+    A temporary file ``.<name>.<host>-<pid>.<random>.tmp`` is removed when it was made on this host by a
+    process that no longer runs; one made elsewhere, or without an owner in its name (older fisherkl),
+    only once it is older than an hour (a save in progress keeps writing to it). Returns the paths removed.
+    """
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
+    pattern = re.compile(re.escape(f".{path.name}.") + r"(?:([0-9a-f]{8})-(\d+)\.)?[^/]*\.tmp$")
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None or not entry.is_file(follow_symlinks=False):
+            continue
+        host, pid = match.group(1), match.group(2)
+        try:
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        mine = host == _HOST and pid is not None
+        if (mine and int(pid) != os.getpid() and not _alive(int(pid))) or (not mine and age > _ORPHAN_AGE):
+            try:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+            except OSError:
+                pass
+    return removed
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
+    """Write ``path`` atomically: ``write(f)`` into a temporary file of the same directory, fsync, rename.
+
+    Temporary files that an earlier, killed save of the same path left behind are removed first
+    (:func:`remove_orphans`). A write that fails (a full disk, a read-only directory) raises OSError
+    naming the path, whatever layer noticed it (torch reports a full disk as a RuntimeError)."""
+    path = _as_path(path, "save")
+    directory = path.parent if str(path.parent) else Path(".")
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    remove_orphans(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=_tmp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            try:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError:
+                raise
+            except RuntimeError as e:  # torch's zip writer: "enforce fail at inline_container.cc … file write failed"
+                raise OSError(errno.EIO, f"could not write {path}: {e} (is the disk full?)") from e
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -111,9 +186,15 @@ def write_file(path: str | os.PathLike[str], what: str, representation: str, pay
 
 def read_file(path: str | os.PathLike[str], what: str, map_location: Any = "cpu") -> dict[str, Any]:
     """Read and check a file written by :func:`write_file`; raises :class:`FileFormatError` naming the problem."""
-    path = Path(path)
+    path = _as_path(path, "load")
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
+    mode = path.stat().st_mode
+    if not stat.S_ISREG(mode):  # a FIFO or a device would block or stream forever
+        raise FileFormatError(
+            f"{path} is not a regular file (a directory, FIFO, socket or device); give a fisherkl file"
+        )
+    remove_orphans(path)
     size = path.stat().st_size
     try:
         doc = torch.load(path, map_location=map_location, weights_only=True)
@@ -124,7 +205,7 @@ def read_file(path: str | os.PathLike[str], what: str, map_location: Any = "cpu"
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise FileFormatError(f"{path} is not a fisherkl file (no 'format': 'fisherkl' header)")
     version = doc.get("version")
-    if not isinstance(version, int) or version > VERSION or version < 1:
+    if not isinstance(version, int) or isinstance(version, bool) or version > VERSION or version < 1:
         raise FileFormatError(
             f"{path} has format version {version!r}; this fisherkl reads version {VERSION} (upgrade fisherkl?)"
         )
@@ -141,7 +222,7 @@ def read_file(path: str | os.PathLike[str], what: str, map_location: Any = "cpu"
 def save(f: FisherMatrix, path: str | os.PathLike[str]) -> None:
     """Write the Fisher matrix ``f`` to ``path`` atomically (``F.save(path)`` does the same)."""
     if not isinstance(f, FisherMatrix):
-        raise FisherKLError(f"save: expected a FisherMatrix, got {type(f).__name__}")
+        raise TypeError(f"save: expected a FisherMatrix, got {type(f).__name__}")
     state = f.state_dict()  # Implicit refuses here, with its own message
     write_file(path, "matrix", state["type"], state)
 
@@ -159,6 +240,12 @@ def load(
     (a class name, e.g. ``"KFAC"``, or a :func:`fisherkl.nn.fisher` name, e.g. ``"kfac"``), and,
     given ``net``, a file whose parameter names or shapes differ from the network's.
     """
+    if net is not None and not isinstance(net, nn.Module):
+        raise TypeError(f"load: net must be a torch.nn.Module or None, got {type(net).__name__}")
+    if representation is not None and not isinstance(representation, str):
+        raise TypeError(
+            f"load: representation must be a string (e.g. 'kfac' or 'KFAC') or None, got {representation!r}"
+        )
     doc = read_file(path, "matrix", map_location)
     state = doc["payload"]
     kind = doc.get("representation")
@@ -172,8 +259,10 @@ def load(
         check_layout(state.get("layout"), net, str(path))
     try:
         return from_state_dict(state)
-    except FisherKLError:
+    except FileFormatError:
         raise
+    except FisherKLError as e:
+        raise FileFormatError(f"{path}: the stored {kind} is inconsistent: {e}") from e
     except Exception as e:
         raise FileFormatError(f"{path}: the stored {kind} could not be rebuilt ({type(e).__name__}: {e})") from e
 

@@ -18,11 +18,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .errors import ParameterError, RouteError
+from . import arguments
+from .errors import NumericalError, ParameterError, RouteError
 from .estimate import Estimate
 from .expectation import exact_scheme, expect_exact, expect_mc
 from .fisher import require_regular
-from .model import Model, as_parameter_tensor, no_argument_validation
+from .guard import finite_or_raise, shown_theta
+from .model import Model, as_parameter_tensor, no_argument_validation, require_model
 
 
 def _delta(model: Model, theta: Tensor, delta: Any) -> Tensor:
@@ -61,9 +63,12 @@ def kl_taylor_terms(
     Shape ``[..., order + 1]`` (c₀ = c₁ = 0). ``method``: 'closed' (autodiff of the closed-form
     KL), 'exact' or 'mc' (expectations of t-derivatives of log p), or 'auto'.
     """
-    if not isinstance(order, int) or order < 2 or order > 6:
+    if not isinstance(order, int) or isinstance(order, bool) or order < 2 or order > 6:
         raise ParameterError(f"order must be an integer between 2 and 6, got {order!r}")
-    t0 = model.validate(theta)
+    n_samples = arguments.integer(n_samples, "n_samples", 2)
+    seed = arguments.seed(seed)
+    return_error = arguments.flag(return_error, "return_error")
+    t0 = require_model(model, "kl_taylor").validate(theta)
     require_regular(model)
     if order > 2 and not model.twice_differentiable:
         why = getattr(model, "why_not_twice_differentiable", "log p is not smooth in θ")
@@ -74,7 +79,7 @@ def kl_taylor_terms(
     d = _delta(model, t0, delta)
     t0, d = torch.broadcast_tensors(t0, d)
     batch = t0.shape[:-1]
-    if method not in ("auto", "closed", "exact", "mc"):
+    if not isinstance(method, str) or method not in ("auto", "closed", "exact", "mc"):
         raise RouteError(f"unknown method {method!r}; choose 'auto', 'closed', 'exact' or 'mc'")
     factorials = torch.tensor([math.factorial(k) for k in range(order + 1)], dtype=t0.dtype, device=t0.device)
     with no_argument_validation():
@@ -90,6 +95,7 @@ def kl_taylor_terms(
             zero = torch.zeros_like(t0[..., 0])
             terms = torch.stack([zero, zero, *[g.detach() for g in derivs[1:]]], -1) / factorials
             est = Estimate(terms, torch.zeros_like(terms), "closed")
+            _check_terms(model, t0, est)
             return est if return_error else est.value
         if not model.twice_differentiable:
             why = getattr(model, "why_not_twice_differentiable", "log p is not smooth in θ")
@@ -117,7 +123,27 @@ def kl_taylor_terms(
         else:
             value, se = expect_mc(dist, integrand, n_samples=n_samples, seed=seed)
             est = Estimate(value / factorials, se / factorials, "mc", n_samples)
+    _check_terms(model, t0, est)
     return est if return_error else est.value
+
+
+def _check_terms(model: Model, theta: Tensor, est: Estimate) -> None:
+    """The Taylor coefficients of a KL are finite, and c₂ = ½δᵀIδ ≥ 0: refuse anything else by name."""
+    finite_or_raise(
+        model.name,
+        theta,
+        est.value,
+        "the Taylor coefficients of the KL",
+        "θ or θ + δ is too close to the edge of the parameter space (or the dtype's range) for its derivatives; "
+        "use float64, or rescale the parameters",
+    )
+    c2 = est.value[..., 2]
+    slack = 64 * torch.finfo(c2.dtype).eps * est.value.abs().amax(-1) + est.error[..., 2]
+    if bool((c2 < -slack).any()):
+        raise NumericalError(
+            f"{model.name}: the quadratic Taylor coefficient ½δᵀIδ came out negative ({float(c2.min()):.6g}) "
+            f"at theta = {shown_theta(theta)}: the computation lost its accuracy; use float64 or method='exact'"
+        )
 
 
 def kl_taylor(

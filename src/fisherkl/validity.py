@@ -15,12 +15,13 @@ from typing import Any
 
 from torch import Tensor
 
+from . import arguments
 from .divergence import kl
 from .errors import FisherKLError, ParameterError
 from .estimate import Estimate
 from .expectation import exact_scheme
 from .fisher import fisher
-from .model import Model, no_argument_validation
+from .model import Model, no_argument_validation, require_model
 from .taylor import _delta, kl_taylor_terms
 
 
@@ -68,9 +69,12 @@ def validity_radius(
     n_samples: int = 200_000,
 ) -> ValidityRadius:
     """The validity radius of ½δᵀIδ at ``theta`` along ``direction`` (see the module docstring)."""
-    if not (0 < rtol < 1):
-        raise ParameterError(f"rtol must be in (0, 1), got {rtol!r}")
-    th = model.validate(theta)
+    rtol = arguments.real(rtol, "rtol", low=0.0, high=1.0, low_open=True, high_open=True)
+    t_max = arguments.optional_real(t_max, "t_max", low=0.0, low_open=True)
+    iterations = arguments.integer(iterations, "iterations", 1, 10_000)
+    seed = arguments.integer(seed, "seed", 0, 2**64 - 1)
+    n_samples = arguments.integer(n_samples, "n_samples", 2)
+    th = require_model(model, "validity_radius").validate(theta)
     if th.ndim != 1:
         raise ParameterError(f"{model.name}: validity_radius takes one θ of shape [{model.dim}], got {tuple(th.shape)}")
     u = _delta(model, th, direction)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import arguments
 from ..errors import FisherKLError, ParameterError
 
 Vector = Tensor | Sequence[Tensor]
@@ -31,13 +32,14 @@ def _is_dense(fisher: Any) -> bool:
 
 
 def _check_damping(damping: float) -> float:
-    damping = float(damping)
-    if not damping >= 0:
-        raise ParameterError(f"damping must be >= 0, got {damping}")
-    return damping
+    return arguments.real(damping, "damping", low=0.0)
 
 
 def _dense_solve(fisher: Tensor, grad: Tensor, damping: float) -> Tensor:
+    if fisher.dtype not in (torch.float32, torch.float64):
+        raise ParameterError(
+            f"fisher must be a float32 or float64 matrix, got {fisher.dtype} (convert it, e.g. fisher.double())"
+        )
     if fisher.ndim < 2 or fisher.shape[-1] != fisher.shape[-2]:
         raise ParameterError(f"fisher must be a square matrix [..., d, d], got shape {tuple(fisher.shape)}")
     d = fisher.shape[-1]
@@ -81,7 +83,11 @@ def natural_gradient(fisher: Any, grad: Vector, damping: float = 0.0) -> Vector:
     """
     damping = _check_damping(damping)
     if _is_dense(fisher):
-        return _dense_solve(fisher, torch.as_tensor(grad, dtype=fisher.dtype, device=fisher.device), damping)
+        try:
+            g = torch.as_tensor(grad, dtype=fisher.dtype, device=fisher.device)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise ParameterError(f"grad must be a numeric tensor [..., d], got {type(grad).__name__}: {exc}") from None
+        return _dense_solve(fisher, g, damping)
     if not (hasattr(fisher, "solve") and hasattr(fisher, "quad")):
         raise ParameterError(
             f"fisher must be a tensor [..., d, d] or have solve(b, damping) and quad(v) methods, "
@@ -102,9 +108,7 @@ def kl_step(fisher: Any, grad: Vector, max_kl: float, damping: float = 0.0) -> V
     Without damping xᵀFx = gᵀF⁻¹g, so δ = −√(2ε / gᵀF⁻¹g)·F⁻¹g. A zero gradient gives a zero step.
     Batched over leading dims for a dense F.
     """
-    eps = float(max_kl)
-    if not eps >= 0 or eps == float("inf"):
-        raise ParameterError(f"max_kl must be a finite number >= 0, got {max_kl}")
+    eps = arguments.real(max_kl, "max_kl", low=0.0)
     x = natural_gradient(fisher, grad, damping)
     curvature = _quad(fisher, x)
     if bool((curvature < 0).any()):

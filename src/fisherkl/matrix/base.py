@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import arguments
 from ..errors import ConvergenceError, FisherKLError, ParameterError
 from .layout import ParamLayout, Vector
 
@@ -44,7 +45,7 @@ class DenseTooLargeError(FisherKLError, MemoryError):
 def set_max_dense_bytes(n: int) -> int:
     """Set the memory limit for p × p matrices (default 2 GiB); returns the previous limit."""
     old = _MAX_DENSE_BYTES[0]
-    _MAX_DENSE_BYTES[0] = int(n)
+    _MAX_DENSE_BYTES[0] = arguments.integer(n, "max_bytes", 0)
     return old
 
 
@@ -54,7 +55,7 @@ def max_dense_bytes() -> int:
 
 def check_dense_fits(p: int, dtype: torch.dtype, what: str, max_bytes: int | None = None, factor: int = 1) -> None:
     """Raise :class:`DenseTooLargeError` if ``factor`` p × p matrices of ``dtype`` exceed the limit."""
-    limit = max_dense_bytes() if max_bytes is None else max_bytes
+    limit = max_dense_bytes() if max_bytes is None else arguments.integer(max_bytes, "max_bytes", 0)
     need = factor * p * p * torch.empty((), dtype=dtype).element_size()
     if need > limit:
         raise DenseTooLargeError(
@@ -69,18 +70,39 @@ def register(cls: type[FisherMatrix]) -> type[FisherMatrix]:
     return cls
 
 
-def from_state_dict(state: Mapping[str, Any]) -> FisherMatrix:
-    """Rebuild a Fisher matrix from :meth:`FisherMatrix.state_dict`."""
+def from_state_dict(state: Mapping[str, Any], *, check: bool = True) -> FisherMatrix:
+    """Rebuild a Fisher matrix from :meth:`FisherMatrix.state_dict`, checking (``check=True``) its structure
+    (every part present, shapes consistent with the layout) and its mathematics (finite, symmetric positive
+    semi-definite, scales and counts ≥ 0); :class:`ParameterError` names what is wrong."""
+    if not isinstance(state, Mapping):
+        raise ParameterError(f"state_dict must be a mapping, got {type(state).__name__}")
     kind = state.get("type")
-    if kind not in _REGISTRY:
+    if not isinstance(kind, str) or kind not in _REGISTRY:
         raise ParameterError(f"state_dict: unknown representation type {kind!r}; known: {', '.join(_REGISTRY)}")
-    return _restore_counts(_REGISTRY[kind]._from_state(state), state)
+    try:
+        f = _REGISTRY[kind]._from_state(state)
+    except KeyError as e:
+        raise ParameterError(f"state_dict: the {kind} state has no {e.args[0]!r} entry") from None
+    except (TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+        if isinstance(e, FisherKLError):
+            raise
+        raise ParameterError(f"state_dict: the {kind} state is malformed ({type(e).__name__}: {e})") from e
+    f = _restore_counts(f, state)
+    if not check:
+        return f
+    from .checks import check_matrix  # checks build on every representation
+
+    return check_matrix(f, f"state_dict ({kind})")
 
 
 def _restore_counts(f: FisherMatrix, state: Mapping[str, Any]) -> FisherMatrix:
     n = state.get("n_examples")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, (int, Tensor)) or int(n) < 0):
+        raise ParameterError(f"state_dict: n_examples must be an integer >= 0, got {n!r}")
     f.n_examples = None if n is None else int(n)
     rows = state.get("row_counts")
+    if rows is not None and not isinstance(rows, Mapping):
+        raise ParameterError(f"state_dict: row_counts must be a mapping, got {type(rows).__name__}")
     f.row_counts = None if rows is None else {str(k): int(v) for k, v in rows.items()}
     return f
 
@@ -118,6 +140,11 @@ def _renamed(obj: Any, mapping: Mapping[str, str]) -> Any:
     if isinstance(obj, tuple):
         return tuple(_renamed(v, mapping) for v in obj)
     return obj
+
+
+def check_k(k: Any, high: int, what: str = "topk") -> int:
+    """k as an integer in 1..high (the number of eigenpairs asked for)."""
+    return arguments.integer(k, f"{what}: k", 1, high)
 
 
 def _group_src(dist: Any, group: Any) -> int:
@@ -195,7 +222,7 @@ class FisherMatrix(ABC):
 
     def diag(self, form: str = "flat") -> Vector:
         """The diagonal: flat ``[p]`` (``form="flat"``), or ``"list"`` / ``"dict"`` parameter-shaped."""
-        return self.layout.unflatten(self._diag(), form)
+        return self.layout.unflatten(self._diag(), arguments.choice(form, "form", ("flat", "list", "dict")))
 
     def trace(self) -> Tensor:
         """tr F."""
@@ -217,8 +244,10 @@ class FisherMatrix(ABC):
         memory, else conjugate gradients to relative residual ``rtol`` (default 1e-10 in float64, 1e-5
         in float32).
         """
-        if damping < 0 or not math.isfinite(damping):
-            raise ParameterError(f"solve: damping must be finite and >= 0, got {damping}")
+        damping = arguments.real(damping, "solve: damping", low=0.0)
+        rtol = arguments.optional_real(rtol, "solve: rtol", low=0.0, high=1.0, low_open=True, high_open=True)
+        if max_iter is not None:
+            max_iter = arguments.integer(max_iter, "solve: max_iter", 1)
         flat, form = self._flat(b, "b")
         cols = flat.unsqueeze(-1) if flat.ndim == 1 else flat
         out = self._solve(cols, float(damping), rtol, max_iter)
@@ -238,8 +267,7 @@ class FisherMatrix(ABC):
 
     def topk(self, k: int) -> tuple[Tensor, Tensor]:
         """The k largest eigenvalues (descending) ``[k]`` and eigenvectors ``[p, k]``."""
-        if not 1 <= k <= self.p:
-            raise ParameterError(f"topk: k must be in 1..{self.p}, got {k}")
+        k = check_k(k, self.p)
         try:
             vals, vecs = self.eig()
         except DenseTooLargeError:
@@ -266,8 +294,10 @@ class FisherMatrix(ABC):
     def __mul__(self, c: Any) -> FisherMatrix:
         if isinstance(c, Tensor) and c.numel() == 1:
             c = float(c)
-        if not isinstance(c, (int, float)):
+        if not isinstance(c, (int, float)) or isinstance(c, bool):
             return NotImplemented
+        if not math.isfinite(c):
+            raise ParameterError(f"a Fisher matrix can only be scaled by a finite number, got {c}")
         if c < 0:
             raise ParameterError(f"a Fisher matrix times a negative number ({c}) is not positive semi-definite")
         return self._scaled(float(c))
@@ -276,7 +306,8 @@ class FisherMatrix(ABC):
         return self.__mul__(c)
 
     def __truediv__(self, c: Any) -> FisherMatrix:
-        return self.__mul__(1.0 / float(c))
+        c = arguments.real(c, "divisor", low=0.0, low_open=True)
+        return self.__mul__(1.0 / c)
 
     # --- persistence ----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -399,7 +430,7 @@ class FisherMatrix(ABC):
         if layout == self.layout:
             return self
         mapping = dict(zip(self.layout.names, layout.names))
-        new = from_state_dict(_renamed(self.state_dict(), mapping))
+        new = from_state_dict(_renamed(self.state_dict(), mapping), check=False)  # the same numbers
         return new
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ParameterError
-from .base import FisherMatrix, dense_solve, register
+from .base import FisherMatrix, check_k, dense_solve, register
 from .layout import ParamLayout
 
 
@@ -66,8 +66,7 @@ class BlockDiagonal(FisherMatrix):
         return w, vecs[:, order]
 
     def topk(self, k: int) -> tuple[Tensor, Tensor]:
-        if not 1 <= k <= self.p:
-            raise ParameterError(f"topk: k must be in 1..{self.p}, got {k}")
+        k = check_k(k, self.p)
         pairs = [(torch.linalg.eigh(blk), idx) for idx, blk in zip(self._index, self.blocks)]
         vals = torch.cat([w for (w, _), _ in pairs])
         top = torch.topk(vals, k).indices

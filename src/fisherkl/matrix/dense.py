@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import FisherMatrix, check_dense_fits, dense_solve, register
+from .base import FisherMatrix, check_dense_fits, check_k, dense_solve, register
 from .layout import ParamLayout
 
 
@@ -32,6 +32,7 @@ class Dense(FisherMatrix):
         return self.matrix.diagonal().clone()
 
     def to_dense(self, max_bytes: int | None = None) -> Tensor:
+        check_dense_fits(self.p, self.dtype, "Dense.to_dense", max_bytes)
         return self.matrix.clone()
 
     def _solve(self, b: Tensor, damping: float, rtol: float | None, max_iter: int | None) -> Tensor:
@@ -86,10 +87,7 @@ class Diagonal(FisherMatrix):
         return vals, torch.eye(self.p, dtype=self.dtype, device=self.device)[:, order]
 
     def topk(self, k: int) -> tuple[Tensor, Tensor]:
-        from ..errors import ParameterError
-
-        if not 1 <= k <= self.p:
-            raise ParameterError(f"topk: k must be in 1..{self.p}, got {k}")
+        k = check_k(k, self.p)
         vals, idx = torch.topk(self.diagonal, k)
         vecs = torch.zeros(self.p, k, dtype=self.dtype, device=self.device)
         vecs[idx, torch.arange(k)] = 1

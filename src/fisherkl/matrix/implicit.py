@@ -7,7 +7,7 @@ from collections.abc import Callable
 from torch import Tensor
 
 from ..errors import FisherKLError
-from .base import FisherMatrix, conjugate_gradient, lanczos_topk
+from .base import FisherMatrix, check_k, conjugate_gradient, lanczos_topk
 from .layout import ParamLayout
 
 
@@ -51,10 +51,7 @@ class Implicit(FisherMatrix):
         return conjugate_gradient(self._mm, b, damping, rtol, max_iter)
 
     def topk(self, k: int) -> tuple[Tensor, Tensor]:
-        from ..errors import ParameterError
-
-        if not 1 <= k < self.p:
-            raise ParameterError(f"topk: k must be in 1..{self.p - 1} for an implicit Fisher, got {k}")
+        k = check_k(k, self.p - 1, "topk (an implicit Fisher: Lanczos, k < p)")
         return lanczos_topk(self, k)
 
     def relabel(self, layout: ParamLayout) -> FisherMatrix:

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..errors import FisherKLError, ParameterError
-from .base import FisherMatrix, register
+from .base import FisherMatrix, check_k, register
 from .layout import ParamLayout
 
 
@@ -209,8 +209,7 @@ class _Kronecker(FisherMatrix):
 
     def topk(self, k: int) -> tuple[Tensor, Tensor]:
         """Largest k eigenpairs, exactly, from the per-block eigenbases (never a p × p matrix)."""
-        if not 1 <= k <= self.p:
-            raise ParameterError(f"topk: k must be in 1..{self.p}, got {k}")
+        k = check_k(k, self.p)
         vals, where = self._eigen_sources()
         top = torch.topk(vals, k).indices.tolist()
         vecs = torch.zeros(self.p, k, dtype=self.dtype, device=self.device)

@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from ..errors import FisherKLError, ParameterError
-from .base import FisherMatrix, register
+from .base import FisherMatrix, check_k, register
 from .layout import ParamLayout
 
 
@@ -44,8 +44,7 @@ class LowRank(FisherMatrix):
         return b / damping + self.vectors @ (coef.unsqueeze(-1) * (self.vectors.T @ b))
 
     def topk(self, k: int) -> tuple[Tensor, Tensor]:
-        if not 1 <= k <= self.rank:
-            raise ParameterError(f"topk: k must be in 1..{self.rank} (the stored rank), got {k}")
+        k = check_k(k, self.rank, "topk (at most the stored rank)")
         return self.values[:k].clone(), self.vectors[:, :k].clone()
 
     def _scaled(self, c: float) -> FisherMatrix:
