@@ -280,11 +280,12 @@ class Model:
         return unconstrained(self)
 
     def standard_point(self, theta: Tensor) -> tuple[Tensor, Tensor] | None:
-        """A point θ₀ and J ``[..., d, d]`` with I(θ) = Jᵀ I(θ₀) J exactly, or None (the default).
+        """A point θ₀ and J ``[..., d, d]`` such that, for every δ, p_{θ+δ} is p_{θ₀+Jδ} carried by one
+        bijection of the sample space (a location–scale or scale symmetry), or None (the default).
 
-        The numerical routes (quadrature, series, Monte Carlo, Hessians of a KL) are taken at θ₀, where
-        the distribution is of moderate size, and pulled back: a location–scale family is evaluated at
-        (0, 1), so a location of 1e135 or a scale of 1e150 costs no precision (hook for families)."""
+        Then I(θ) = Jᵀ I(θ₀) J and KL(θ, θ + δ) = KL(θ₀, θ₀ + Jδ) exactly, so the numerical routes
+        (quadrature, series, Monte Carlo, autodiff of a KL) are taken at θ₀, where the distribution is of
+        moderate size: a location of 1e135 or a scale of 1e150 costs no precision (hook for families)."""
         return None
 
     def diagnose(self, theta: Tensor, info: Tensor) -> None:

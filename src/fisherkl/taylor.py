@@ -79,6 +79,10 @@ def kl_taylor_terms(
     d = _delta(model, t0, delta)
     t0, d = torch.broadcast_tensors(t0, d)
     batch = t0.shape[:-1]
+    given = t0
+    standard = model.standard_point(t0.detach())
+    if standard is not None:  # KL(θ, θ + tδ) = KL(θ₀, θ₀ + tJδ): the same coefficients, at a moderate θ₀
+        t0, d = standard[0], (standard[1] @ d.unsqueeze(-1)).squeeze(-1)
     if not isinstance(method, str) or method not in ("auto", "closed", "exact", "mc"):
         raise RouteError(f"unknown method {method!r}; choose 'auto', 'closed', 'exact' or 'mc'")
     factorials = torch.tensor([math.factorial(k) for k in range(order + 1)], dtype=t0.dtype, device=t0.device)
@@ -95,7 +99,7 @@ def kl_taylor_terms(
             zero = torch.zeros_like(t0[..., 0])
             terms = torch.stack([zero, zero, *[g.detach() for g in derivs[1:]]], -1) / factorials
             est = Estimate(terms, torch.zeros_like(terms), "closed")
-            _check_terms(model, t0, est)
+            _check_terms(model, given, est)
             return est if return_error else est.value
         if not model.twice_differentiable:
             why = getattr(model, "why_not_twice_differentiable", "log p is not smooth in θ")
@@ -123,7 +127,7 @@ def kl_taylor_terms(
         else:
             value, se = expect_mc(dist, integrand, n_samples=n_samples, seed=seed)
             est = Estimate(value / factorials, se / factorials, "mc", n_samples)
-    _check_terms(model, t0, est)
+    _check_terms(model, given, est)
     return est if return_error else est.value
 
 

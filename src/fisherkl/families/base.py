@@ -174,6 +174,38 @@ class Family(Model):
         return [(p.name + (f"[{p.size}]" if p.size > 1 else ""), str(p.constraint)) for p in self.params]
 
 
+def scale_symmetry(theta: Tensor, index: int, standard: float = 1.0) -> tuple[Tensor, Tensor]:
+    """(θ₀, J) for a family in which coordinate ``index`` is a scale (or rate) of x: θ₀ has it set to
+    ``standard``, J is the identity with 1/θ_index at (index, index) (see Model.standard_point)."""
+    value = theta[..., index]
+    theta0 = theta.detach().clone()
+    theta0[..., index] = standard
+    d = theta.shape[-1]
+    eye = torch.eye(d, dtype=theta.dtype, device=theta.device).expand((*theta.shape[:-1], d, d))
+    mask = torch.zeros(d, d, dtype=torch.bool, device=theta.device)
+    mask[index, index] = True
+    jac = torch.where(mask, (standard / value)[..., None, None], eye)
+    return theta0, jac
+
+
+def one_minus_sum(theta: Tensor) -> Tensor:
+    """1 − Σᵢ θᵢ over the last dimension, ``[...]``, by compensated (TwoSum) summation for up to 64 terms.
+
+    The last probability of a categorical, p_k = 1 − Σθ, is tiny where Σθ is close to 1; a plain sum
+    rounds Σθ to a multiple of ulp(1) = 2.2e-16 first, so p_k = 3e-17 would come out 0 or 1e-16. The
+    compensation recovers the rounding error of every addition (its derivatives are exactly −1)."""
+    if theta.shape[-1] > 64:
+        return 1 - theta.sum(-1)
+    s = torch.ones_like(theta[..., 0])
+    c = torch.zeros_like(s)
+    for i in range(theta.shape[-1]):
+        x = -theta[..., i]
+        t = s + x
+        c = c + torch.where(s.abs() >= x.abs(), (s - t) + x, (x - t) + s)
+        s = t
+    return s + c
+
+
 def split(theta: Tensor) -> tuple[Tensor, ...]:
     """θ ``[..., d]`` → d tensors ``[...]``."""
     return tuple(theta.unbind(-1))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, Geometric, NegativeBinomial, Poisson
+from torch.distributions import Distribution, Geometric, Poisson
 
 from ..constraints import count, positive, unit_interval
 from ..model import Param
 from .base import Family, Fixed, register
-from .distributions import AccurateBernoulli, AccurateBinomial, bernoulli_kl
+from .distributions import AccurateBernoulli, AccurateBinomial, AccurateNegativeBinomial, bernoulli_kl, log1mexp
 
 
 class OneProbability(Family):
@@ -90,7 +90,7 @@ class GeometricFamily(OneProbability):
         return -torch.expm1(eta)
 
     def log_partition(self, eta: Tensor) -> Tensor:
-        return -torch.log(-torch.expm1(eta[..., 0]))
+        return -log1mexp(eta[..., 0])
 
     def in_natural_domain(self, eta: Tensor) -> Tensor:
         return eta[..., 0] < 0
@@ -146,7 +146,8 @@ class NegativeBinomialFamily(Family):
         return [Param("probs", unit_interval)]
 
     def make(self, theta: Tensor) -> Distribution:
-        return NegativeBinomial(self.fixed_values["total_count"], probs=theta[..., 0], validate_args=False)
+        r = torch.as_tensor(self.fixed_values["total_count"], dtype=theta.dtype, device=theta.device)
+        return AccurateNegativeBinomial(r, probs=theta[..., 0], validate_args=False)
 
     def fisher_formula(self, theta: Tensor) -> Tensor:
         r = self.fixed_values["total_count"]
@@ -162,7 +163,7 @@ class NegativeBinomialFamily(Family):
         return torch.exp(eta)
 
     def log_partition(self, eta: Tensor) -> Tensor:
-        return -self.fixed_values["total_count"] * torch.log(-torch.expm1(eta[..., 0]))
+        return -self.fixed_values["total_count"] * log1mexp(eta[..., 0])
 
     def in_natural_domain(self, eta: Tensor) -> Tensor:
         return eta[..., 0] < 0

@@ -31,6 +31,7 @@ from torch.distributions import (
     InverseGamma,
     Kumaraswamy,
     Multinomial,
+    NegativeBinomial,
     VonMises,
     Weibull,
     constraints,
@@ -63,6 +64,13 @@ class AccurateCategorical(Categorical):
         return torch.log(self.probs)
 
 
+def log1mexp(x: Tensor) -> Tensor:
+    """log(1 − eˣ) for x < 0, accurate at both ends and with accurate derivatives: torch's expm1 backward
+    uses expm1(x) + 1, which is 0 for x < −37, so log(−expm1(x)) has derivative 0 there."""
+    near = x > -math.log(2)
+    return torch.where(near, torch.log(-torch.expm1(torch.where(near, x, -1.0))), torch.log1p(-torch.exp(x)))
+
+
 def bernoulli_kl(p: Tensor, q: Tensor) -> Tensor:
     """KL[Bernoulli(p) ‖ Bernoulli(q)] = p log(p/q) + (1 − p) log((1 − p)/(1 − q)), in p and q directly
     (no clamped logits), so that its derivatives stay exact down to the smallest p."""
@@ -77,6 +85,19 @@ class AccurateBinomial(Binomial):
         n, p = self.total_count, self.probs
         log_comb = lgamma(n + 1) - lgamma(value + 1) - lgamma(n - value + 1)
         return log_comb + torch.xlogy(value, p) + torch.xlogy(n - value, 1 - p)
+
+
+class AccurateNegativeBinomial(NegativeBinomial):
+    """torch's NegativeBinomial goes through logits of clamped probabilities (flat below eps); this one
+    is log p(k) = log Γ(k + r) − log Γ(r) − log Γ(k + 1) + r log(1 − p) + k log p, in p directly."""
+
+    @lazy_property
+    def logits(self) -> Tensor:  # type: ignore[override]
+        return torch.log(self.probs) - torch.log1p(-self.probs)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        r, p = self.total_count, self.probs
+        return lgamma(value + r) - lgamma(r) - lgamma(value + 1) + r * torch.log1p(-p) + torch.xlogy(value, p)
 
 
 class AccurateGamma(Gamma):

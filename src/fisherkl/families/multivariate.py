@@ -12,7 +12,7 @@ from torch.distributions.transforms import StickBreakingTransform
 from ..constraints import count, integer_in, positive, unit_interval
 from ..model import Param
 from ..special import lgamma, trigamma
-from .base import Family, Fixed, register
+from .base import Family, Fixed, one_minus_sum, register
 from .distributions import AccurateCategorical, AccurateDirichlet, EnumerableMultinomial, dirichlet_kl
 
 categories = integer_in(2, 2**20)  # a k − 1 parameter model: beyond a million categories, refused
@@ -37,7 +37,7 @@ class CategoricalFamily(Family):
 
     def _check_joint(self, theta: Tensor, what: str) -> None:
         total = theta.sum(-1)
-        ok = total < 1
+        ok = one_minus_sum(theta) > 0
         if not bool(ok.all()):
             self._raise_at(
                 total, ok, "the probabilities 'probs' must sum to less than 1 (the last one is 1 − sum)", what
@@ -54,7 +54,7 @@ class CategoricalFamily(Family):
 
     @staticmethod
     def full_probs(theta: Tensor) -> Tensor:
-        return torch.cat([theta, 1 - theta.sum(-1, keepdim=True)], -1)
+        return torch.cat([theta, one_minus_sum(theta).unsqueeze(-1)], -1)
 
     def make(self, theta: Tensor) -> Distribution:
         return AccurateCategorical(probs=self.full_probs(theta), validate_args=False)
@@ -71,7 +71,7 @@ class CategoricalFamily(Family):
         return torch.logsumexp(torch.cat([eta, zero], -1), -1)
 
     def fisher_formula(self, theta: Tensor) -> Tensor:
-        last = 1 - theta.sum(-1)
+        last = one_minus_sum(theta)
         k1 = theta.shape[-1]
         ones = torch.ones(k1, k1, dtype=theta.dtype, device=theta.device)
         return torch.diag_embed(1 / theta) + ones / last[..., None, None]

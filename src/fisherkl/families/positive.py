@@ -11,7 +11,7 @@ from torch.distributions import Distribution, Exponential, HalfNormal, Pareto
 from ..constraints import positive
 from ..model import Param
 from ..special import lgamma, trigamma
-from .base import Family, Fixed, register, split, sym2
+from .base import Family, Fixed, register, scale_symmetry, split, sym2
 from .distributions import AccurateChi2, AccurateGamma, AccurateInverseGamma, AccurateWeibull, gamma_kl
 
 EULER_GAMMA = 0.5772156649015329
@@ -45,6 +45,9 @@ class HalfNormalFamily(Family):
     def fisher_formula(self, theta: Tensor) -> Tensor:
         return (2 / theta.square()).unsqueeze(-1)
 
+    def standard_point(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        return scale_symmetry(theta, 0)
+
 
 @register
 class ExponentialRateFamily(Family):
@@ -73,6 +76,9 @@ class ExponentialRateFamily(Family):
 
     def fisher_formula(self, theta: Tensor) -> Tensor:
         return (1 / theta.square()).unsqueeze(-1)
+
+    def standard_point(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        return scale_symmetry(theta, 0)  # λx ~ Exponential(1)
 
 
 @register
@@ -106,6 +112,9 @@ class GammaFamily(Family):
     def fisher_formula(self, theta: Tensor) -> Tensor:
         a, b = split(theta)
         return sym2(trigamma(a), -1 / b, a / b.square())
+
+    def standard_point(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        return scale_symmetry(theta, 1)  # βx ~ Gamma(α, 1) (InverseGamma: x/β ~ InverseGamma(α, 1))
 
     def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
         return gamma_kl(*split(theta_p), *split(theta_q))
@@ -178,6 +187,9 @@ class WeibullFamily(Family):
         g = 1 - EULER_GAMMA
         return sym2(k.square() / lam.square(), -g / lam, (g**2 + math.pi**2 / 6) / k.square())
 
+    def standard_point(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        return scale_symmetry(theta, 0)  # x/λ ~ Weibull(1, k)
+
     def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
         # Bauckhage (2013): KL = log(k₁/λ₁^k₁) − log(k₂/λ₂^k₂) + (k₁ − k₂)(log λ₁ − γ/k₁)
         #                        + (λ₁/λ₂)^k₂ Γ(k₂/k₁ + 1) − 1
@@ -209,6 +221,9 @@ class RayleighFamily(Family):
 
     def fisher_formula(self, theta: Tensor) -> Tensor:
         return (4 / theta.square()).unsqueeze(-1)
+
+    def standard_point(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        return scale_symmetry(theta, 0)
 
     def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
         r = theta_p[..., 0] / theta_q[..., 0]

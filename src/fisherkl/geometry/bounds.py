@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from .. import arguments
-from ..errors import FisherKLError
+from ..errors import FisherKLError, NumericalError
 from ..fisher import fisher
 from ..model import Model, require_model
 
@@ -46,5 +47,16 @@ def cramer_rao(model: Model, theta: Any, n: int = 1, *, rcond: float | None = No
             f"{model.name}: the Fisher information is singular{at} (eigenvalues {eig[idx].tolist()}), so the "
             f"Cramér–Rao bound is infinite: the direction {direction} is not identifiable from the data"
         )
-    # 1/n as Python's exact int division: n = 10**400 gives 0.0 (the bound underflows), not OverflowError
-    return torch.cholesky_inverse(torch.linalg.cholesky(info)) * (1 / n)
+    chol, failed = torch.linalg.cholesky_ex(info)
+    if bool((failed != 0).any()):
+        raise NumericalError(
+            f"{model.name}: the Fisher information at theta is too ill-conditioned in {info.dtype} to invert "
+            "(its Cholesky factorisation failed), so the Cramér–Rao bound cannot be computed there; use float64 "
+            "or parameters of a more moderate size"
+        )
+    inverse = torch.cholesky_inverse(chol)
+    if n <= 2**1000:
+        return inverse / n
+    # n beyond float64 (10**400): each entry divided exactly as a rational, then rounded once
+    values = [float(Fraction(v) / n) for v in inverse.reshape(-1).tolist()]
+    return torch.tensor(values, dtype=inverse.dtype, device=inverse.device).reshape(inverse.shape)

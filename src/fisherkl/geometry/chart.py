@@ -20,6 +20,7 @@ from torch.distributions import biject_to
 from torch.distributions.transforms import StickBreakingTransform
 
 from ..families import Family
+from ..families.base import one_minus_sum
 from ..fisher import fisher
 from ..model import Model, no_argument_validation
 
@@ -115,7 +116,7 @@ class SimplexChart(Chart):
         return self.transform(phi)[..., :-1]
 
     def inverse(self, theta: Tensor) -> Tensor:
-        full = torch.cat([theta, 1 - theta.sum(-1, keepdim=True)], -1)
+        full = torch.cat([theta, one_minus_sum(theta).unsqueeze(-1)], -1)
         return self.transform.inv(full)
 
     def jacobian(self, phi: Tensor) -> Tensor:

@@ -128,8 +128,10 @@ def _binomial(model: Model, t1: Tensor, t2: Tensor) -> Tensor:
 
 def _bhattacharyya_angle(t1: Tensor, t2: Tensor) -> Tensor:
     """2·arccos Σ√(pᵢqᵢ) over the full probability vectors (p_k = 1 − Σθ)."""
-    last1 = 1 - t1.sum(-1, keepdim=True)
-    last2 = 1 - t2.sum(-1, keepdim=True)
+    from ..families.base import one_minus_sum
+
+    last1 = one_minus_sum(t1).unsqueeze(-1)
+    last2 = one_minus_sum(t2).unsqueeze(-1)
     p, q = torch.cat([t1, last1], -1), torch.cat([t2, last2], -1)
     # 2·arccos(bc) = 4·arcsin(‖√p − √q‖/2): accurate near p = q, where arccos loses half the digits
     half_chord = torch.linalg.vector_norm(p.sqrt() - q.sqrt(), dim=-1) / 2

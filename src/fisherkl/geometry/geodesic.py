@@ -15,9 +15,9 @@ from torch import Tensor
 
 from .. import arguments
 from ..derivatives import rows_of_jacobian
-from ..errors import ConvergenceError, ParameterError, RouteError
+from ..errors import ConvergenceError, NumericalError, ParameterError, RouteError
 from ..fisher import require_regular
-from ..guard import finite_or_raise
+from ..guard import finite_or_raise, shown_theta
 from ..model import Model, as_parameter_tensor, no_argument_validation, require_model, validate_pair
 from .chart import Chart, chart_for, fisher_metric
 from .closed import closed_distance
@@ -206,9 +206,31 @@ def christoffel(model: Model, theta: Any) -> Tensor:
     """Christoffel symbols of the second kind Γᵏᵢⱼ ``[..., k, i, j]`` of the Fisher metric at θ.
 
     Γᵏᵢⱼ = ½ gᵏˡ (∂ᵢ g_jl + ∂ⱼ g_il − ∂ₗ g_ij), with ∂g by autodiff of I(θ) (d² backward passes).
+    Where the model has a location–scale or scale symmetry (``model.standard_point``: θ′ ↦ θ₀ + J(θ′ − θ) is
+    an isometry), Γ is taken at θ₀ and carried back, Γ(θ) = J⁻¹ Γ(θ₀)[J·, J·], so that a scale of 1e150 does
+    not overflow the metric's derivatives.
     """
     theta = require_model(model, "christoffel").validate(theta)
     require_regular(model)
+    standard = model.standard_point(theta.detach())
+    if standard is not None:
+        theta0, jac = standard
+        gamma0 = _christoffel(model, theta0)
+        inv = torch.linalg.inv(jac)
+        gamma = torch.einsum("...ka,...abc,...bi,...cj->...kij", inv, gamma0, jac, jac)
+        return finite_or_raise(model.name, theta, gamma, "the Christoffel symbols", "rescale the parameters")
+    size = theta.detach().abs()
+    limit = 1e100 if theta.dtype == torch.float64 else 1e12
+    if bool(((size > limit) | ((size < 1 / limit) & (size > 0))).any()):
+        raise NumericalError(
+            f"{model.name}: Christoffel symbols at theta = {shown_theta(theta)}: the metric's derivatives (powers "
+            f"of θ such as 1/θ² and 1/θ³) leave the range of {theta.dtype} beyond |θ| = {limit:g} or below "
+            f"{1 / limit:g}, so autodiff would return 0 or inf; rescale the parameters (fisherkl.reparametrize)"
+        )
+    return _christoffel(model, theta)
+
+
+def _christoffel(model: Model, theta: Tensor) -> Tensor:
     d = theta.shape[-1]
     metric = fisher_metric(model)
     x = theta.detach().reshape(-1, d).requires_grad_(True)
