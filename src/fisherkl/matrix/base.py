@@ -251,6 +251,13 @@ class FisherMatrix(ABC):
         flat, form = self._flat(b, "b")
         cols = flat.unsqueeze(-1) if flat.ndim == 1 else flat
         out = self._solve(cols, float(damping), rtol, max_iter)
+        if out.numel() and not bool(torch.isfinite(out).all()):
+            from ..errors import NumericalError
+
+            raise NumericalError(
+                f"{type(self).__name__}.solve: (F + {damping:g}·I)⁻¹b came out non-finite (the solution exceeds the "
+                f"range of {out.dtype} or F is numerically singular); pass a larger damping"
+            )
         return self.layout.unflatten(out.squeeze(-1) if flat.ndim == 1 else out, form)
 
     def _solve(self, b: Tensor, damping: float, rtol: float | None, max_iter: int | None) -> Tensor:

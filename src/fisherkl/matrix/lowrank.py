@@ -40,8 +40,11 @@ class LowRank(FisherMatrix):
     def _solve(self, b: Tensor, damping: float, rtol: float | None, max_iter: int | None) -> Tensor:
         if damping <= 0:
             raise FisherKLError("solve: a low-rank Fisher is singular off its k eigenvectors; pass damping > 0")
-        coef = 1.0 / (self.values + damping) - 1.0 / damping
-        return b / damping + self.vectors @ (coef.unsqueeze(-1) * (self.vectors.T @ b))
+        # U diag(1/(λ + d)) Uᵀb + (b − UUᵀb)/d: the same as b/d + U[1/(λ + d) − 1/d]Uᵀb without the
+        # cancellation of two huge terms when d is tiny (damping = 1e-300 gave NaN)
+        proj = self.vectors.T @ b
+        inside = self.vectors @ (proj / (self.values + damping).unsqueeze(-1))
+        return inside + (b - self.vectors @ proj) / damping
 
     def topk(self, k: int) -> tuple[Tensor, Tensor]:
         k = check_k(k, self.rank, "topk (at most the stored rank)")
