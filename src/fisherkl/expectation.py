@@ -545,10 +545,24 @@ def expect_mc(
     seed = arguments.seed(seed)
     generator = arguments.generator(generator)
     x_all = draw(dist, n_samples, seed, generator)
+    if x_all.is_floating_point():
+        tiny = torch.finfo(x_all.dtype).tiny
+        if bool(((x_all != 0) & (x_all.abs() < tiny)).any()):
+            raise NumericalError(
+                f"Monte Carlo over {type(dist).__name__}: samples fall below the smallest normal {x_all.dtype} "
+                f"({tiny:.3g}), where they have lost their precision: the sampler cannot resolve the mass near 0 "
+                "at these parameters; use float64, an exact route or method='closed'"
+            )
     total: Tensor | None = None
     total_sq: Tensor | None = None
     for start in range(0, n_samples, chunk):
-        _, f = integrand(x_all[start : start + chunk])
+        logp, f = integrand(x_all[start : start + chunk])
+        if not bool(torch.isfinite(logp.detach()).all()):
+            raise NumericalError(
+                f"Monte Carlo over {type(dist).__name__}: some samples have a log-density that is not finite "
+                "(they sit where the density underflows or the sampler rounded them onto the support's edge), "
+                "so the samples do not represent the distribution; use float64, an exact route or method='closed'"
+            )
         if isinstance(f, LogScaled):
             f = f.dense()
         s1, s2 = f.sum(0), f.detach().square().sum(0)

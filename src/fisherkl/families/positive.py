@@ -111,7 +111,7 @@ class GammaFamily(Family):
 
     def fisher_formula(self, theta: Tensor) -> Tensor:
         a, b = split(theta)
-        return sym2(trigamma(a), -1 / b, a / b.square())
+        return sym2(trigamma(a), -1 / b, a / b / b)  # a/b², without overflowing b² (b = 1e276)
 
     def standard_point(self, theta: Tensor) -> tuple[Tensor, Tensor]:
         return scale_symmetry(theta, 1)  # βx ~ Gamma(α, 1) (InverseGamma: x/β ~ InverseGamma(α, 1))
@@ -185,7 +185,7 @@ class WeibullFamily(Family):
     def fisher_formula(self, theta: Tensor) -> Tensor:
         lam, k = split(theta)
         g = 1 - EULER_GAMMA
-        return sym2(k.square() / lam.square(), -g / lam, (g**2 + math.pi**2 / 6) / k.square())
+        return sym2((k / lam).square(), -g / lam, (g**2 + math.pi**2 / 6) / k.square())
 
     def standard_point(self, theta: Tensor) -> tuple[Tensor, Tensor]:
         return scale_symmetry(theta, 0)  # x/λ ~ Weibull(1, k)
