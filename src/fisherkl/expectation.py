@@ -547,7 +547,7 @@ def expect_mc(
     x_all = draw(dist, n_samples, seed, generator)
     if x_all.is_floating_point():
         tiny = torch.finfo(x_all.dtype).tiny
-        if bool(((x_all != 0) & (x_all.abs() < tiny)).any()):
+        if bool(((x_all != 0) & (x_all.abs() <= tiny)).any()):  # torch's samplers clamp at tiny
             raise NumericalError(
                 f"Monte Carlo over {type(dist).__name__}: samples fall below the smallest normal {x_all.dtype} "
                 f"({tiny:.3g}), where they have lost their precision: the sampler cannot resolve the mass near 0 "
