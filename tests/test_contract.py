@@ -127,7 +127,7 @@ def test_float32_mixture_kl_hessian_matches_float64():
     [
         (lambda: fk.fisher(fk.family("gamma"), t([1e-300, 1.0])), ["infinite", "gamma", "1e-300"]),
         (lambda: fk.fisher(fk.family("poisson"), t([1e8], F32), "score"), ["float64"]),
-        (lambda: fk.fisher(fk.family("dirichlet"), t([1e-4] * 3), "score", seed=0), ["mean score", "samples"]),
+        (lambda: fk.fisher(fk.family("dirichlet"), t([1e-4] * 3), "score", seed=0), ["samples"]),
         (lambda: fk.kl_taylor(fk.family("poisson"), t([5e-324]), t([5e-324])), ["non-finite"]),
         (lambda: fk.christoffel(fk.family("geometric"), t([5e-324])), ["Christoffel", "rescale"]),
         # the mass spans ~5e12 integers: refused at once instead of a series that ran for minutes
