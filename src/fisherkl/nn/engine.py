@@ -34,7 +34,7 @@ from ..errors import FisherKLError, ParameterError, RouteError
 from ..matrix.layout import ParamLayout
 from .batch import Adapter, Batch, get_adapter
 from .heads import Head
-from .passes import fisher_passes, unwrap
+from .passes import fisher_passes, unwrap, vjp
 from .rows import KINDS, Rows
 from .rules import Call, GenericRule, Rule, flat_tensors, rule_class
 from .rules.network import NetworkRule
@@ -392,7 +392,7 @@ class Engine:
         if targets:
             for r in range(k):
                 keep = keep_graph or r < k - 1
-                gs = torch.autograd.grad(out, targets, rows[r], retain_graph=keep, materialize_grads=True)
+                gs = vjp(out, targets, rows[r], retain_graph=keep, materialize_grads=True)
                 for lst, g in zip(per_out, gs):
                     lst.append(g)
         at = 0
@@ -446,7 +446,7 @@ class Engine:
             gen = torch.Generator(device=out.device).manual_seed(12345)
             e = torch.randn(out.shape, dtype=out.dtype, device=out.device, generator=gen)
             k = len(self.params)
-            both = torch.autograd.grad(out, self.params + targets, e, allow_unused=True)
+            both = vjp(out, self.params + targets, e, allow_unused=True)
             want, at = both[:k], k
             for c in calls:
                 gs = [torch.zeros_like(o) if g is None else g for o, g in zip(c.outs, both[at : at + len(c.outs)])]
