@@ -379,6 +379,22 @@ class Engine:
         """The mode recording linear uses of parameters outside their modules (none for a plain Sequential)."""
         return contextlib.nullcontext() if self.separable else ParameterUses(self)
 
+    def example_bytes(self, batch: Batch) -> int:
+        """Bytes of the recorded layer outputs and the network outputs per example (a forward on ``batch``,
+        without gradients kept)."""
+        batch = batch.to(self.params[0])
+        saved, self.calls = self.calls, {}
+        self.n, self.recording, self._mode = batch.n, True, "probe"
+        try:
+            with self, torch.enable_grad(), self._uses():
+                out = self.adapter.outputs(self.adapter.call(self.net, batch))
+                total = sum(o.numel() * o.element_size() for cs in self.calls.values() for c in cs for o in c.outs)
+                total += out.numel() * out.element_size()
+        finally:
+            self.calls, self.recording, self._mode = saved, False, "main"
+            self._probe = {}
+        return total // max(1, batch.n)
+
     def backward(self, out: Tensor, rows: Tensor, keep_graph: bool = False) -> None:
         """Backpropagate cotangent rows ``[k, n, *P, C]`` to every recorded output, one pass per row through the
         activations only (this beats a vmapped backward, which falls back to a loop for convolutions and
