@@ -35,7 +35,7 @@ from torch.distributions import (
 )
 from torch.distributions.utils import broadcast_all
 
-from ..special import digamma, lgamma
+from ..special import lgamma
 
 
 class AccurateBinomial(Binomial):
@@ -64,25 +64,6 @@ class AccurateDirichlet(Dirichlet):
     def log_prob(self, value: Tensor) -> Tensor:
         a = self.concentration
         return torch.xlogy(a - 1, value).sum(-1) + lgamma(a.sum(-1)) - lgamma(a).sum(-1)
-
-
-def gamma_kl(ap: Tensor, bp: Tensor, aq: Tensor, bq: Tensor) -> Tensor:
-    """KL[Gamma(ap, bp) ‖ Gamma(aq, bq)] (shape–rate)."""
-    return (
-        (ap - aq) * digamma(ap) - lgamma(ap) + lgamma(aq) + aq * (torch.log(bp) - torch.log(bq)) + ap * (bq - bp) / bp
-    )
-
-
-def dirichlet_kl(ap: Tensor, aq: Tensor) -> Tensor:
-    """KL[Dir(ap) ‖ Dir(aq)] over the last dimension (Beta is the case k = 2)."""
-    sp, sq = ap.sum(-1), aq.sum(-1)
-    return (
-        lgamma(sp)
-        - lgamma(ap).sum(-1)
-        - lgamma(sq)
-        + lgamma(aq).sum(-1)
-        + ((ap - aq) * (digamma(ap) - digamma(sp).unsqueeze(-1))).sum(-1)
-    )
 
 
 class AccurateChi2(Chi2):
@@ -255,6 +236,16 @@ def cb_log_partition(eta: Tensor) -> Tensor:
     direct = torch.where(e > 0, e + torch.log(-torch.expm1(-e)), torch.log(-torch.expm1(e))) - torch.log(e.abs())
     e2 = eta.square()
     series = eta / 2 + e2 / 24 - e2.square() / 2880 + e2.pow(3) / 181440
+    return torch.where(small, series, direct)
+
+
+def cb_log_partition_d1(eta: Tensor) -> Tensor:
+    """A′(η) = 1/(1 − e^{−η}) − 1/η (the mean of x), by its series for |η| < 0.01."""
+    small = eta.abs() < 1e-2
+    e = torch.where(small, torch.ones_like(eta), eta)
+    direct = -1 / torch.expm1(-e) - 1 / e
+    e2 = eta.square()
+    series = 0.5 + eta / 12 - eta * e2 / 720 + eta * e2.square() / 30240
     return torch.where(small, series, direct)
 
 
