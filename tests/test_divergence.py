@@ -11,7 +11,6 @@ import itertools
 import math
 
 import mpmath as mp
-
 import numpy as np
 import pytest
 import torch

@@ -81,23 +81,30 @@ def _divergence(
             logq = model.distribution(tq.expand((n, *tq.shape))).log_prob(x)
             return logp, pointwise(logp, logq)
 
+        def with_rounding(x: Tensor) -> tuple[Tensor, Tensor | LogScaled]:
+            n = x.shape[0]
+            logp = model.distribution(tp.expand((n, *tp.shape))).log_prob(x)
+            logq = model.distribution(tq.expand((n, *tq.shape))).log_prob(x)
+            counts = x if scheme == "series" else None
+            return logp, _with_rounding(pointwise, _SENSITIVITY[pointwise], logp, logq, counts)
+
         scheme = exact_scheme(p)
         if method == "exact" and scheme is None:
             raise RouteError(f"{model.name}: no exact expectation for {type(p).__name__}; use method='mc'")
         if method != "mc" and scheme is not None:
+            if not tp.requires_grad and not tq.requires_grad and bool((tp == tq).all()):
+                zero = torch.zeros(tp.shape[:-1], dtype=tp.dtype, device=tp.device)  # D(p, p) = 0, no nodes needed
+                return Estimate(zero, zero.clone(), scheme)
             sensitivity = _SENSITIVITY.get(pointwise)
             if sensitivity is None:
                 value, error, scheme = expect_exact(p, integrand, others=(model.distribution(tq),), min_level=min_level)
                 return Estimate(value, error, f"{scheme}")
-            both = _with_rounding(pointwise, sensitivity)
             value, error, scheme = expect_exact(
-                p,
-                lambda x: integrand(x, both),
-                others=(model.distribution(tq),),
-                min_level=min_level,
-                noise_column=True,
+                p, with_rounding, others=(model.distribution(tq),), min_level=min_level, noise_column=True
             )
-            return Estimate(value[..., 0], error[..., 0] + value[..., 1].detach().abs(), f"{scheme}")
+            value, error = value[..., 0], error[..., 0] + value[..., 1].detach().abs()
+            error = torch.where(torch.isinf(value), torch.zeros_like(error), error)  # an infinite sum is exact
+            return Estimate(value, error, f"{scheme}")
         sampled = integrand if mc_pointwise is None else (lambda x: integrand(x, mc_pointwise))
         value, se = expect_mc(p, sampled, n_samples=n_samples, seed=seed, generator=generator)
         return Estimate(value, se, "mc", n_samples)
@@ -180,6 +187,15 @@ def _check_mc_variance(model: Model, tp: Tensor, tq: Tensor, est: Estimate, mome
         )
         return est
     if bool(fourth.all()):
+        eighth = moment(tp, tq, 8) if callable(moment) else None
+        if eighth is not None and not bool(eighth.all()):
+            warnings.warn(
+                f"{model.name}: E_p[(q/p)⁸] = ∞ for some pairs (q wider than p), so the sample variance of "
+                "the Monte Carlo χ² estimate is itself heavy-tailed and its standard error often understates "
+                "the error at moderate sample sizes; use method='closed' or 'exact' where available",
+                UnreliableEstimateWarning,
+                stacklevel=3,
+            )
         return est
     warnings.warn(
         f"{model.name}: E_p[(q/p)⁴] = ∞ for some pairs (q much wider than p), so the Monte Carlo χ² "
@@ -215,25 +231,29 @@ def kl_excess(logp: Tensor, logq: Tensor) -> LogScaled:
     return LogScaled(value, torch.where(big, logq, logp), absolute=True)
 
 
-def _with_rounding(pointwise: Pointwise, sensitivity: Pointwise) -> Pointwise:
-    """The integrand and, as a second column, its rounding error: |∂f/∂Δ|·8ε(|log p| + |log q|).
+def _with_rounding(
+    pointwise: Pointwise, sensitivity: Pointwise, logp: Tensor, logq: Tensor, counts: Tensor | None
+) -> Tensor | LogScaled:
+    """The integrand and, as a second column, its rounding error |∂f/∂Δ|·8ε·m(x).
 
     Δ = log q − log p is a difference of two separately rounded log-densities, so it carries an
-    absolute error of a few ε·(|log p| + |log q|) that no refinement of the nodes removes; its
-    expectation is added to the stated error (it dominates when q is within ~1e-8 of p).
+    absolute error of a few ε times the size of the terms inside them, which no refinement of the
+    nodes removes; its expectation is added to the stated error (it dominates when q is within
+    ~1e-8 of p). The terms' size is taken as m(x) = |log p| + |log q|, plus k(1 + log k) for a count k
+    (terms like k·log λ and log k! cancel inside the log-pmf of count families).
     """
-
-    def both(logp: Tensor, logq: Tensor) -> Tensor | LogScaled:
-        f, df = pointwise(logp, logq), sensitivity(logp, logq)
-        ulp = 8 * torch.finfo(logp.dtype).eps * (logp.detach().abs() + logq.detach().abs())
-        ulp = torch.nan_to_num(ulp, nan=0.0, posinf=0.0)
-        if isinstance(f, LogScaled):
-            assert isinstance(df, LogScaled)
-            return LogScaled(torch.stack([f.value, df.value.detach() * ulp], -1), f.log_scale, f.absolute)
-        assert isinstance(df, Tensor)
-        return torch.stack([f, df.detach() * ulp], -1)
-
-    return both
+    f, df = pointwise(logp, logq), sensitivity(logp, logq)
+    size = logp.detach().abs() + logq.detach().abs()
+    if counts is not None:
+        k = counts.detach().abs()
+        size = size + k * (1 + torch.log(torch.where(k > 0, k, torch.ones_like(k))))
+    ulp = 8 * torch.finfo(logp.dtype).eps * size
+    ulp = torch.nan_to_num(ulp, nan=0.0, posinf=0.0)
+    if isinstance(f, LogScaled):
+        assert isinstance(df, LogScaled)
+        return LogScaled(torch.stack([f.value, df.value.detach() * ulp], -1), f.log_scale, f.absolute)
+    assert isinstance(df, Tensor)
+    return torch.stack([f, df.detach() * ulp], -1)
 
 
 def _log_ratio_sensitivity(logp: Tensor, logq: Tensor) -> Tensor:
