@@ -487,3 +487,24 @@ def test_gaussian_chi2_oracle_agrees_with_normal_closed_form() -> None:
     with mp.workdps(30):
         got = gaussian_chi2([mp.mpf(0)], mp.matrix([[1]]), [mp.mpf("0.5")], mp.matrix([[mp.mpf("1.2") ** 2]]))
     assert rel(float(got), normal_chi2_1d(0, 1, 0.5, 1.2)) < 1e-14
+
+
+# --------------------------------------------------------------------------------------------------
+# Heavy tails (item 6): quadrature reaches the tail mass, and its stated error covers what is left
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("alpha", [0.05, 0.1, 0.225, 2.5])
+def test_pareto_score_route_error_covers_the_error(alpha: float) -> None:
+    est = fk.fisher(fk.family("pareto"), t64(alpha), "score", return_error=True)
+    err = abs(float(est.value) - 1 / alpha**2)  # I(α) = 1/α² (DESIGN.md)
+    assert err <= float(est.error)
+    assert float(est.error) <= 1e-6 / alpha**2
+
+
+@pytest.mark.parametrize("df", [0.5, 1.0])
+@pytest.mark.parametrize("route", ["kl_hessian", "jeffreys_hessian", "score", "neg_hessian"])
+def test_studentt_heavy_tails_every_route_exact(df: float, route: str) -> None:
+    nu, sigma = df, 1.5
+    closed = torch.diag(t64((nu + 1) / (nu + 3), 2 * nu / (nu + 3))) / sigma**2  # DESIGN.md
+    est = fk.fisher(fk.family("studentt", df=df), t64(0.5, sigma), route, return_error=True)
+    err = (est.value - closed).abs()
+    assert bool((err <= est.error + 1e-15).all()) and float(err.max()) < 1e-13

@@ -29,6 +29,9 @@ from torch.distributions import constraints as tc
 from .errors import ConvergenceError
 
 Integrand = Callable[[Tensor], tuple[Tensor, "Tensor | LogScaled"]]
+# the last exp-sinh node toward an infinite end: x = s·e^{π/2·sinh 6.5} ≈ s·e^522, so that heavy tails
+# (Pareto α = 0.1: mass x^{−α} ≈ 2e-23 beyond it) are reached
+_EXP_SINH_T = 6.5
 _STALL_RTOL = 1e-7  # a quadrature that stops improving below this relative size returns (error stated)
 
 
@@ -248,7 +251,7 @@ def _center_scale(dist: Distribution, lo: Tensor, hi: Tensor) -> tuple[Tensor, T
     return c, s
 
 
-def _segment_nodes(a: Tensor, b: Tensor, s: Tensor, h: float) -> tuple[Tensor, Tensor]:
+def _segment_nodes(a: Tensor, b: Tensor, s: Tensor, h: float, t_cap: Tensor | float = 4.5) -> tuple[Tensor, Tensor]:
     """Nodes ``[n, *batch]`` and log weights (log h·dx/dt) for ∫_a^b, elementwise in the batch.
 
     Finite [a, b]: x = a + (b − a)·σ(π·sinh t) (tanh-sinh, written with the logistic σ so that
@@ -264,24 +267,26 @@ def _segment_nodes(a: Tensor, b: Tensor, s: Tensor, h: float) -> tuple[Tensor, T
     length = torch.where(fa & fb, b - a, torch.ones_like(s))
     x_fin = torch.where(fa, a, torch.zeros_like(a)) + length * torch.sigmoid(v)
     lw_fin = torch.log(length) + F.logsigmoid(v) + F.logsigmoid(-v) + torch.log(math.pi * torch.cosh(t))
-    # exp-sinh toward an infinite end (t capped at 4.5: x reaches s·e^70)
-    ti = t.clamp(max=4.5)
+    # exp-sinh toward an infinite end (t capped at t_cap: x reaches s·e^{π/2·sinh t_cap})
+    ti = torch.minimum(t, torch.as_tensor(t_cap, dtype=dtype, device=device))
     u = math.pi / 2 * torch.sinh(ti)
     offset = s * torch.exp(u)
     x_inf = torch.where(fa, a + offset, torch.where(fb, b - offset, offset))
     lw_inf = torch.log(s) + u + torch.log(math.pi / 2 * torch.cosh(ti))
-    lw_inf = torch.where(t > 4.5, torch.full_like(lw_inf, -math.inf), lw_inf)
+    lw_inf = torch.where(t > t_cap, torch.full_like(lw_inf, -math.inf), lw_inf)
     x = torch.where(fa & fb, x_fin, x_inf)
     lw = torch.where(fa & fb, lw_fin, lw_inf) + math.log(h)
     return x, lw
 
 
-def _quadrature_nodes(lo: Tensor, hi: Tensor, points: Tensor, s: Tensor, h: float) -> tuple[Tensor, Tensor]:
+def _quadrature_nodes(
+    lo: Tensor, hi: Tensor, points: Tensor, s: Tensor, h: float, t_cap: Tensor | float = 4.5
+) -> tuple[Tensor, Tensor]:
     """Nodes and log weights for ∫_lo^hi split at the sorted break ``points`` ``[m, *batch]``."""
     ends = torch.cat([lo.unsqueeze(0), points, hi.unsqueeze(0)], 0)
     xs, lws = [], []
     for j in range(ends.shape[0] - 1):
-        x, lw = _segment_nodes(ends[j], ends[j + 1], s, h)
+        x, lw = _segment_nodes(ends[j], ends[j + 1], s, h, t_cap)
         xs.append(x)
         lws.append(lw)
     x, lw = torch.cat(xs, 0), torch.cat(lws, 0)
@@ -290,6 +295,27 @@ def _quadrature_nodes(lo: Tensor, hi: Tensor, points: Tensor, s: Tensor, h: floa
     lw = torch.where(outside, torch.full_like(lw, -math.inf), lw)
     x = torch.where(outside, points[:1].expand_as(x), x)
     return x, lw
+
+
+def _tail_reach(dist: Distribution, lo: Tensor, hi: Tensor, c: Tensor, s: Tensor) -> Tensor:
+    """How far exp-sinh nodes go toward an infinite end: t = 4.5 (x = c ± s·e^70.7), or t = 6.5
+    (x = c ± s·e^522) where the tail mass beyond e^70.7 is still above ~1e-17 (heavy tails: Pareto
+    and Student t with small exponents). Light tails keep the shorter reach, where the integrand's
+    derivatives cannot overflow."""
+    reach = math.pi / 2 * math.sinh(4.5)
+    heavy = torch.zeros_like(s, dtype=torch.bool)
+    with torch.no_grad():
+        for end, sign in ((hi, 1.0), (lo, -1.0)):
+            if bool(torch.isfinite(end).all()):
+                continue
+            x = c + sign * s * math.exp(reach)
+            try:
+                logp = dist.log_prob(x.to(c.dtype))
+            except (ValueError, RuntimeError):
+                continue
+            tail = torch.nan_to_num(logp + torch.log(s) + reach, nan=-math.inf)  # ≈ log(x·p(x)) ~ log mass beyond
+            heavy |= ~torch.isfinite(end) & (tail > -40.0)
+    return torch.where(heavy, torch.full_like(s, _EXP_SINH_T), torch.full_like(s, 4.5))
 
 
 def _quadrature(
@@ -309,20 +335,24 @@ def _quadrature(
     lo = torch.as_tensor(bounds[0], dtype=dtype, device=device).expand(batch)
     hi = torch.as_tensor(bounds[1], dtype=dtype, device=device).expand(batch)
     c, s = _center_scale(dist, lo, hi)
+    t_cap = _tail_reach(dist, lo, hi, c, s)
     centers = [c] + [_center_scale(o, lo, hi)[0].expand(batch) for o in others]
     points = torch.sort(torch.stack(centers, 0), 0).values
     previous: Tensor | None = None
     previous_mass = torch.zeros(())
     diff = torch.full((), math.inf)
     for level in range(2, max_level + 1):
-        x, lw = _quadrature_nodes(lo, hi, points, s, 2.0**-level)
+        x, lw = _quadrature_nodes(lo, hi, points, s, 2.0**-level, t_cap)
         logp, f = integrand(x)
         value, mass = _weighted_sum(lw, logp, f)
         if value.requires_grad:
             # nodes whose log-density or integrand came out non-finite would still send 0·NaN
             # into the gradient: move them to the centre with weight zero and evaluate again
             dense = f.dense(logp) if isinstance(f, LogScaled) else f
-            bad = ~torch.isfinite(logp.detach())
+            # also nodes whose weight underflows (far tails): they add nothing to the value, but their
+            # derivatives may overflow (x² at x ~ 1e200) and send inf·0 = NaN into the gradient
+            weight = f.log_weight(logp).detach() if isinstance(f, LogScaled) else logp.detach()
+            bad = ~torch.isfinite(logp.detach()) | (lw + torch.maximum(logp.detach(), weight) < -745.0)
             if dense.ndim > logp.ndim:
                 bad |= ~torch.isfinite(dense.detach()).flatten(logp.ndim).all(-1)
             if bool(bad.any()):
