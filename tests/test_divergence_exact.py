@@ -407,7 +407,7 @@ QUAD_CASES = [
 
 
 @pytest.mark.parametrize("case", QUAD_CASES, ids=[f"{c[0]}{c[1] or ''}" for c in QUAD_CASES])
-@pytest.mark.parametrize("eps", [1e-12, 1e-9, 1e-7, 1e-5, 1e-2])
+@pytest.mark.parametrize("eps", [1e-12, 1e-8, 1e-4])
 def test_quadrature_kl_near_equal_parameters(case, eps: float) -> None:
     name, fixed, theta, logpdf, bounds = case
     fam = fk.family(name, **fixed)
