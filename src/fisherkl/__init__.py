@@ -16,6 +16,7 @@ from .errors import (
     ParameterError,
     RouteError,
     SingularFisherWarning,
+    UnreliableEstimateWarning,
 )
 from .estimate import Estimate
 from .expfamily import ExponentialFamily
@@ -56,6 +57,7 @@ __all__ = [
     "Reparametrized",
     "RouteError",
     "SingularFisherWarning",
+    "UnreliableEstimateWarning",
     "ValidityRadius",
     "available_routes",
     "check",

@@ -29,3 +29,8 @@ class ConvergenceError(FisherKLError, RuntimeError):
 
 class SingularFisherWarning(UserWarning):
     """The Fisher information is singular at θ (a direction of θ is not identifiable there)."""
+
+
+class UnreliableEstimateWarning(UserWarning):
+    """A stated error does not mean what it says (e.g. a Monte Carlo standard error whose variance is
+    infinite); the warning names the quantity and what to do instead."""

@@ -29,6 +29,9 @@ from torch.distributions import constraints as tc
 from .errors import ConvergenceError
 
 Integrand = Callable[[Tensor], tuple[Tensor, "Tensor | LogScaled"]]
+# the last exp-sinh node toward an infinite end: x = s·e^{π/2·sinh 6.5} ≈ s·e^522, so that heavy tails
+# (Pareto α = 0.1: mass x^{−α} ≈ 2e-23 beyond it) are reached
+_EXP_SINH_T = 6.5
 _STALL_RTOL = 1e-7  # a quadrature that stops improving below this relative size returns (error stated)
 
 
@@ -72,13 +75,24 @@ def _bounds(support: tc.Constraint) -> tuple[object, object] | None:
 
 class LogScaled(NamedTuple):
     """An integrand value ``exp(log_scale)·value``, kept apart so that a huge factor (like
-    (q/p)² in a χ² divergence) meets the tiny density p in log space instead of overflowing."""
+    (q/p)² in a χ² divergence) meets the tiny density p in log space instead of overflowing.
+
+    ``absolute``: ``log_scale`` is the whole log-weight of the node (it replaces log p, e.g. log q
+    for a term p·(q/p)·v = q·v), so that log p + (log q − log p) is never formed in rounding.
+    """
 
     value: Tensor
     log_scale: Tensor
+    absolute: bool = False
 
-    def dense(self) -> Tensor:
-        return self.value * _expand_out(torch.exp(self.log_scale), self.value.ndim)
+    def dense(self, logp: Tensor) -> Tensor:
+        """exp(log_scale)·value relative to p (the integrand f itself), given log p at the nodes."""
+        scale = self.log_scale - logp if self.absolute else self.log_scale
+        return self.value * _expand_out(torch.exp(scale), self.value.ndim)
+
+    def log_weight(self, logp: Tensor) -> Tensor:
+        """log p + log_scale (or log_scale alone when absolute)."""
+        return self.log_scale if self.absolute else logp + self.log_scale
 
 
 def _weighted_sum(logw: Tensor, logp: Tensor, f: Tensor | LogScaled) -> tuple[Tensor, Tensor]:
@@ -91,7 +105,7 @@ def _weighted_sum(logw: Tensor, logp: Tensor, f: Tensor | LogScaled) -> tuple[Te
     """
     w = torch.exp(logw + logp)
     if isinstance(f, LogScaled):
-        f, logw_f = f.value, logw + logp + f.log_scale
+        f, logw_f = f.value, logw + f.log_weight(logp)
     else:
         logw_f = logw + logp
     w_f = torch.exp(logw_f)
@@ -117,8 +131,23 @@ def _finite(dist: Distribution, integrand: Integrand) -> tuple[Tensor, Tensor]:
 
 # --- countable supports --------------------------------------------------------------------------
 def _series(
-    dist: Distribution, integrand: Integrand, rtol: float, tail_tol: float, max_terms: int
+    dist: Distribution,
+    integrand: Integrand,
+    rtol: float,
+    tail_tol: float,
+    max_terms: int,
+    others: tuple[Distribution, ...] = (),
 ) -> tuple[Tensor, Tensor]:
+    """Σₖ p(k)·f(k), truncated where both the tail mass of p and the tail of the terms are bounded.
+
+    With tₖ = p(k)·max(|f(k)|, 1) and the ratio ρ = t_K/t_{K−1} < 1 at the last term, the tail is at
+    most t_K·ρ/(1 − ρ) when the ratios keep falling (log-concave terms: Poisson, geometric and
+    negative binomial pmfs times polynomial or geometric integrands); a ratio still rising is
+    extrapolated over the next doubling first. A sum whose terms grow without bound (a divergent
+    χ²) overflows to +inf and is returned as +inf; one still growing after ``max_terms`` terms is
+    refused. The sum also runs past the bulk of each of ``others`` (e.g. q in E_p[g(q/p)], whose
+    mass may sit far beyond p's).
+    """
     lower = dist.support.lower_bound
     batch = dist.batch_shape
     start, chunk = 0, 64
@@ -126,36 +155,69 @@ def _series(
     probe = dist.log_prob(torch.as_tensor(float(lower)).expand(batch))
     dtype, device = probe.dtype, probe.device
     prev_logp: Tensor | None = None
+    prev_logt: Tensor | None = None
     while True:
         k = torch.arange(start, start + chunk, dtype=dtype, device=device) + lower
         x = k.reshape((-1,) + (1,) * len(batch)).expand((chunk, *batch))
         logp, f = integrand(x)
         part, _ = _weighted_sum(torch.zeros_like(logp), logp, f)
         total = part if total is None else total + part
+        start += chunk
+        # tail mass of p (its pmf ratio at the end)
         last = logp[-1].detach()
         before = logp[-2].detach() if chunk > 1 else prev_logp
         prev_logp = last
-        start += chunk
         log_r = last - before if before is not None else torch.zeros_like(last)
         r = torch.exp(log_r).clamp(max=1.0)
         tail = torch.where(r < 1, torch.exp(last) * r / (1 - r), torch.full_like(last, math.inf))
-        f_dense = f.dense() if isinstance(f, LogScaled) else f
-        f_last = f_dense[-1].detach().abs()
-        if f_last.ndim > tail.ndim:
-            f_last = f_last.flatten(tail.ndim).amax(-1)
+        ends = x[-2:]
+        for other in others:
+            lo = other.log_prob(ends).detach()
+            r_o = torch.exp(lo[1] - lo[0]).clamp(max=1.0)
+            tail_o = torch.where(r_o < 1, torch.exp(lo[1]) * r_o / (1 - r_o), torch.full_like(lo[1], math.inf))
+            tail = torch.maximum(tail, torch.nan_to_num(tail_o, nan=math.inf))
+        # tail of the terms t_k = p(k)·max(|f(k)|, 1), in log space
+        logt = _log_terms(logp.detach(), f, tail.ndim)
+        lt_last, lt_before = logt[-1], logt[-2] if chunk > 1 else prev_logt
+        lt_earlier = logt[-3] if chunk > 2 else lt_before
+        prev_logt = lt_last
+        rho = torch.exp(lt_last - lt_before) if lt_before is not None else torch.ones_like(lt_last)
+        rho_prev = torch.exp(lt_before - lt_earlier) if lt_earlier is not None else rho
+        rising = torch.clamp(rho - rho_prev, min=0.0)
+        rho_bound = torch.nan_to_num(rho + rising * start, nan=math.inf)
+        term_tail = torch.where(
+            rho_bound < 1, torch.exp(lt_last) * rho_bound / (1 - rho_bound), torch.full_like(lt_last, math.inf)
+        )
+        term_tail = torch.where(torch.isneginf(lt_last), torch.zeros_like(term_tail), term_tail)
+        err = torch.nan_to_num(2 * term_tail, nan=math.inf)
         scale = total.detach().abs()
         if scale.ndim > tail.ndim:
             scale = scale.flatten(tail.ndim).amax(-1)
-        err = torch.where(tail > 0, tail * torch.clamp(f_last, min=1.0) * 2, torch.zeros_like(tail))
-        err = torch.nan_to_num(err, nan=math.inf)
-        if bool(((tail < tail_tol) & (err <= rtol * scale + tail_tol)).all()):
+        overflow = torch.isinf(scale)
+        done = overflow | ((tail < tail_tol) & (err <= rtol * scale + tail_tol))
+        if bool(done.all()):
+            err = torch.where(overflow, torch.zeros_like(err), err)
             return total, _expand_out(err, total.ndim).expand_as(total)
         if start >= max_terms:
             raise ConvergenceError(
                 f"series expectation not converged after {start} terms (tail mass bound "
-                f"{float(tail.max()):.3g}); the distribution may be too wide or the sum may diverge"
+                f"{float(tail.max()):.3g}, terms still falling by no more than a factor "
+                f"{float(rho_bound.max()):.3g}); the distribution may be too wide or the sum may diverge"
             )
         chunk = min(chunk * 2, 1 << 16)
+
+
+def _log_terms(logp: Tensor, f: Tensor | LogScaled, ndim: int) -> Tensor:
+    """log(p(k)·max(|f(k)|, 1)) ``[n, *batch]`` (the largest over extra output dimensions)."""
+    if isinstance(f, LogScaled):
+        scale = f.log_weight(logp).detach() - logp
+        log_abs = torch.log(f.value.detach().abs()) + _expand_out(scale, f.value.ndim)
+    else:
+        log_abs = torch.log(f.detach().abs())
+    log_abs = torch.nan_to_num(log_abs, nan=math.inf)
+    if log_abs.ndim > ndim + 1:
+        log_abs = log_abs.flatten(ndim + 1).amax(-1)
+    return logp + torch.clamp(log_abs, min=0.0)
 
 
 # --- one-dimensional quadrature ------------------------------------------------------------------
@@ -189,7 +251,7 @@ def _center_scale(dist: Distribution, lo: Tensor, hi: Tensor) -> tuple[Tensor, T
     return c, s
 
 
-def _segment_nodes(a: Tensor, b: Tensor, s: Tensor, h: float) -> tuple[Tensor, Tensor]:
+def _segment_nodes(a: Tensor, b: Tensor, s: Tensor, h: float, t_cap: Tensor | float = 4.5) -> tuple[Tensor, Tensor]:
     """Nodes ``[n, *batch]`` and log weights (log h·dx/dt) for ∫_a^b, elementwise in the batch.
 
     Finite [a, b]: x = a + (b − a)·σ(π·sinh t) (tanh-sinh, written with the logistic σ so that
@@ -205,24 +267,26 @@ def _segment_nodes(a: Tensor, b: Tensor, s: Tensor, h: float) -> tuple[Tensor, T
     length = torch.where(fa & fb, b - a, torch.ones_like(s))
     x_fin = torch.where(fa, a, torch.zeros_like(a)) + length * torch.sigmoid(v)
     lw_fin = torch.log(length) + F.logsigmoid(v) + F.logsigmoid(-v) + torch.log(math.pi * torch.cosh(t))
-    # exp-sinh toward an infinite end (t capped at 4.5: x reaches s·e^70)
-    ti = t.clamp(max=4.5)
+    # exp-sinh toward an infinite end (t capped at t_cap: x reaches s·e^{π/2·sinh t_cap})
+    ti = torch.minimum(t, torch.as_tensor(t_cap, dtype=dtype, device=device))
     u = math.pi / 2 * torch.sinh(ti)
     offset = s * torch.exp(u)
     x_inf = torch.where(fa, a + offset, torch.where(fb, b - offset, offset))
     lw_inf = torch.log(s) + u + torch.log(math.pi / 2 * torch.cosh(ti))
-    lw_inf = torch.where(t > 4.5, torch.full_like(lw_inf, -math.inf), lw_inf)
+    lw_inf = torch.where(t > t_cap, torch.full_like(lw_inf, -math.inf), lw_inf)
     x = torch.where(fa & fb, x_fin, x_inf)
     lw = torch.where(fa & fb, lw_fin, lw_inf) + math.log(h)
     return x, lw
 
 
-def _quadrature_nodes(lo: Tensor, hi: Tensor, points: Tensor, s: Tensor, h: float) -> tuple[Tensor, Tensor]:
+def _quadrature_nodes(
+    lo: Tensor, hi: Tensor, points: Tensor, s: Tensor, h: float, t_cap: Tensor | float = 4.5
+) -> tuple[Tensor, Tensor]:
     """Nodes and log weights for ∫_lo^hi split at the sorted break ``points`` ``[m, *batch]``."""
     ends = torch.cat([lo.unsqueeze(0), points, hi.unsqueeze(0)], 0)
     xs, lws = [], []
     for j in range(ends.shape[0] - 1):
-        x, lw = _segment_nodes(ends[j], ends[j + 1], s, h)
+        x, lw = _segment_nodes(ends[j], ends[j + 1], s, h, t_cap)
         xs.append(x)
         lws.append(lw)
     x, lw = torch.cat(xs, 0), torch.cat(lws, 0)
@@ -233,6 +297,27 @@ def _quadrature_nodes(lo: Tensor, hi: Tensor, points: Tensor, s: Tensor, h: floa
     return x, lw
 
 
+def _tail_reach(dist: Distribution, lo: Tensor, hi: Tensor, c: Tensor, s: Tensor) -> Tensor:
+    """How far exp-sinh nodes go toward an infinite end: t = 4.5 (x = c ± s·e^70.7), or t = 6.5
+    (x = c ± s·e^522) where the tail mass beyond e^70.7 is still above ~1e-17 (heavy tails: Pareto
+    and Student t with small exponents). Light tails keep the shorter reach, where the integrand's
+    derivatives cannot overflow."""
+    reach = math.pi / 2 * math.sinh(4.5)
+    heavy = torch.zeros_like(s, dtype=torch.bool)
+    with torch.no_grad():
+        for end, sign in ((hi, 1.0), (lo, -1.0)):
+            if bool(torch.isfinite(end).all()):
+                continue
+            x = c + sign * s * math.exp(reach)
+            try:
+                logp = dist.log_prob(x.to(c.dtype))
+            except (ValueError, RuntimeError):
+                continue
+            tail = torch.nan_to_num(logp + torch.log(s) + reach, nan=-math.inf)  # ≈ log(x·p(x)) ~ log mass beyond
+            heavy |= ~torch.isfinite(end) & (tail > -40.0)
+    return torch.where(heavy, torch.full_like(s, _EXP_SINH_T), torch.full_like(s, 4.5))
+
+
 def _quadrature(
     dist: Distribution,
     integrand: Integrand,
@@ -240,6 +325,7 @@ def _quadrature(
     max_level: int,
     others: tuple[Distribution, ...],
     min_level: int = 4,
+    noise_column: bool = False,
 ) -> tuple[Tensor, Tensor]:
     bounds = _dist_bounds(dist)
     assert bounds is not None
@@ -249,20 +335,24 @@ def _quadrature(
     lo = torch.as_tensor(bounds[0], dtype=dtype, device=device).expand(batch)
     hi = torch.as_tensor(bounds[1], dtype=dtype, device=device).expand(batch)
     c, s = _center_scale(dist, lo, hi)
+    t_cap = _tail_reach(dist, lo, hi, c, s)
     centers = [c] + [_center_scale(o, lo, hi)[0].expand(batch) for o in others]
     points = torch.sort(torch.stack(centers, 0), 0).values
     previous: Tensor | None = None
     previous_mass = torch.zeros(())
     diff = torch.full((), math.inf)
     for level in range(2, max_level + 1):
-        x, lw = _quadrature_nodes(lo, hi, points, s, 2.0**-level)
+        x, lw = _quadrature_nodes(lo, hi, points, s, 2.0**-level, t_cap)
         logp, f = integrand(x)
         value, mass = _weighted_sum(lw, logp, f)
         if value.requires_grad:
             # nodes whose log-density or integrand came out non-finite would still send 0·NaN
             # into the gradient: move them to the centre with weight zero and evaluate again
-            dense = f.dense() if isinstance(f, LogScaled) else f
-            bad = ~torch.isfinite(logp.detach())
+            dense = f.dense(logp) if isinstance(f, LogScaled) else f
+            # also nodes whose weight underflows (far tails): they add nothing to the value, but their
+            # derivatives may overflow (x² at x ~ 1e200) and send inf·0 = NaN into the gradient
+            weight = f.log_weight(logp).detach() if isinstance(f, LogScaled) else logp.detach()
+            bad = ~torch.isfinite(logp.detach()) | (lw + torch.maximum(logp.detach(), weight) < -745.0)
             if dense.ndim > logp.ndim:
                 bad |= ~torch.isfinite(dense.detach()).flatten(logp.ndim).all(-1)
             if bool(bad.any()):
@@ -273,6 +363,12 @@ def _quadrature(
         if previous is not None:
             same = value.detach() == previous.detach()  # also +inf at both levels: a divergent value
             diff = torch.where(same, torch.zeros_like(value), (value - previous).detach().abs())
+            if noise_column:
+                # differences within the integrand's own rounding (the last column) are not discretisation;
+                # the noise column itself needs no more than its order of magnitude
+                floor = value[..., -1:].detach().abs()
+                diff = torch.clamp(diff - 2 * floor, min=0.0)
+                diff[..., -1] = 0.0
             scale = value.detach().abs()
             flat_scale = scale.flatten(len(batch)).amax(-1) if scale.ndim > len(batch) else scale
             denom = scale + _expand_out(flat_scale, scale.ndim)
@@ -301,7 +397,7 @@ def _quadrature(
                 if bool(lost_mass.any()):
                     w = torch.exp(lw + logp.detach())
                     light = (w > 0) & (w < 1e-6 * w.amax(0, keepdim=True))
-                    dense = (f.dense() if isinstance(f, LogScaled) else f).detach().abs()
+                    dense = (f.dense(logp) if isinstance(f, LogScaled) else f).detach().abs()
                     dense = torch.where(_expand_out(light, dense.ndim) & torch.isfinite(dense), dense, 0.0)
                     edge = dense.amax(0)
                     if edge.ndim > len(batch):  # one bound for all entries: the lost mass feeds them all
@@ -371,6 +467,7 @@ def expect_exact(
     max_terms: int = 1 << 24,
     others: tuple[Distribution, ...] = (),
     min_level: int = 4,
+    noise_column: bool = False,
 ) -> tuple[Tensor, Tensor, str]:
     """E_{x∼dist}[f] by the exact scheme of :func:`exact_scheme`: (value, error bound, scheme).
 
@@ -378,6 +475,8 @@ def expect_exact(
     that involve them, e.g. log q in KL[p ‖ q], which may have a kink at q's centre).
     ``min_level``: the finest quadrature level to reach at least (for integrands that vanish
     identically at the point of evaluation but not in their derivatives, such as KL at δ = 0).
+    ``noise_column``: the integrand's last output column is an estimate of its own rounding error;
+    quadrature levels that differ by less than it count as converged.
     """
     scheme = exact_scheme(dist)
     dtype = _dtype_of(dist)
@@ -385,9 +484,9 @@ def expect_exact(
     if scheme == "finite":
         v, e = _finite(dist, integrand)
     elif scheme == "series":
-        v, e = _series(dist, integrand, rtol, tail_tol, max_terms)
+        v, e = _series(dist, integrand, rtol, tail_tol, max_terms, others)
     elif scheme == "quadrature":
-        v, e = _quadrature(dist, integrand, rtol, max_level, others, min_level)
+        v, e = _quadrature(dist, integrand, rtol, max_level, others, min_level, noise_column)
     else:
         raise ValueError(f"no exact expectation for {type(dist).__name__} (event shape {tuple(dist.event_shape)})")
     return v, e, scheme
@@ -422,9 +521,9 @@ def expect_mc(
     total: Tensor | None = None
     total_sq: Tensor | None = None
     for start in range(0, n_samples, chunk):
-        _, f = integrand(x_all[start : start + chunk])
+        logp, f = integrand(x_all[start : start + chunk])
         if isinstance(f, LogScaled):
-            f = f.dense()
+            f = f.dense(logp)
         s1, s2 = f.sum(0), f.detach().square().sum(0)
         total = s1 if total is None else total + s1
         total_sq = s2 if total_sq is None else total_sq + s2
