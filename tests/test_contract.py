@@ -103,6 +103,16 @@ def t(values, dtype=F64):
         ("normal", {}, [0.0, 1e150], F64, "neg_hessian"),
         ("cauchy", {}, [2e135, 1.5], F64, "score"),
         ("negativebinomial", {"total_count": 5.0}, [1e-100], F64, "kl_hessian"),
+        # after merging issue 17's rearranged closed forms: Binet's Bregman term at a tiny shape, the
+        # Bessel ratio at a tiny κ, products a·B at huge concentrations, float32 underflow of node weights
+        ("chi2", {}, [3.48058e-10], F32, "kl_hessian"),
+        ("beta", {}, [3.97015e-13, 2.51383e19], F32, "kl_hessian"),
+        ("beta", {}, [0.032, 4.38889e-98], F64, "jeffreys_hessian"),
+        ("beta", {}, [4.43e261, 1.22e198], F64, "jeffreys_hessian"),
+        ("dirichlet", {"k": 3}, [3.53e29, 6.8e20, 1.24e22], F32, "kl_hessian"),
+        ("vonmises", {}, [0.0, 7.3716e-21], F32, "jeffreys_hessian"),
+        ("vonmises", {}, [0.0, 4.85171e-200], F64, "jeffreys_hessian"),
+        ("studentt", {"df": 5.0}, [-0.97942, 0.16836], F32, "kl_hessian"),
     ],
 )
 def test_issue_reproducers_give_the_true_value(name, fixed, theta, dtype, route):
@@ -128,7 +138,8 @@ def test_float32_mixture_kl_hessian_matches_float64():
         (lambda: fk.fisher(fk.family("gamma"), t([1e-300, 1.0])), ["infinite", "gamma", "1e-300"]),
         (lambda: fk.fisher(fk.family("poisson"), t([1e8], F32), "score"), ["float64"]),
         (lambda: fk.fisher(fk.family("dirichlet"), t([1e-4] * 3), "score", seed=0), ["samples"]),
-        (lambda: fk.kl_taylor(fk.family("poisson"), t([5e-324]), t([5e-324])), ["non-finite"]),
+        # c_k = λ(−δ/λ)^k/k: c₂ = 1/(2λ) = 1e323 overflows
+        (lambda: fk.kl_taylor(fk.family("poisson"), t([5e-324]), t([1.0])), ["non-finite"]),
         (lambda: fk.christoffel(fk.family("geometric"), t([5e-324])), ["Christoffel", "rescale"]),
         # the mass spans ~5e12 integers: refused at once instead of a series that ran for minutes
         (lambda: fk.fisher(fk.family("negativebinomial"), t([1 - 1e-12]), "neg_hessian"), ["integers"]),
@@ -139,6 +150,49 @@ def test_unresolvable_results_raise_numerical_error(call, words):
         call()
     for w in words:
         assert w in str(info.value), (w, str(info.value))
+
+
+@pytest.mark.parametrize("kappa", [1e-300, 1e-20, 1e-5, 0.1, 0.3, 0.4999, 0.5, 0.7, 2.0])
+def test_bessel_ratio_and_its_derivative_across_the_small_kappa_series(kappa):
+    import mpmath as mp
+
+    from fisherkl.families.distributions import bessel_ratio, bessel_ratio_complement, bessel_ratio_derivative
+
+    with mp.workdps(40):
+        k = mp.mpf(kappa)
+        a = mp.besseli(1, k) / mp.besseli(0, k)
+        want = [a, 1 - a, 1 - a / k - a**2]  # A, 1 − A, A′ = 1 − A/κ − A²
+    x = t([kappa])
+    for fn, w in zip((bessel_ratio, bessel_ratio_complement, bessel_ratio_derivative), want):
+        assert abs(float(fn(x)[0]) - float(w)) <= 3e-15 * abs(float(w)), (fn.__name__, kappa)
+
+
+@pytest.mark.parametrize("a", [1e-200, 1e-10, 1e-3, 0.5, 0.999, 1.0, 3.0])
+@pytest.mark.parametrize("r", [1e-9, 0.3, -0.45])
+def test_binet_bregman_across_the_small_shape_split(a, r):
+    import mpmath as mp
+
+    from fisherkl.special import binet_bregman
+
+    with mp.workdps(60):
+        big_a, d = mp.mpf(a), mp.mpf(a * r)
+
+        def mu(z):  # Binet's function log Γ(z) − (z − ½) log z + z − ½ log 2π
+            return mp.loggamma(z) - (z - mp.mpf(1) / 2) * mp.log(z) + z - mp.log(2 * mp.pi) / 2
+
+        mu1 = mp.digamma(big_a) - mp.log(big_a) + 1 / (2 * big_a)
+        want = float(mu(big_a + d) - mu(big_a) - d * mu1)
+    got = float(binet_bregman(t([a]), t([float(d)]))[0])
+    assert abs(got - want) <= 1e-14 * want, (a, r, got, want)
+
+
+def test_poisson_taylor_coefficients_at_a_tiny_rate():
+    # KL[Poisson(λ) ‖ Poisson(λ + tδ)] = λ·G(tδ/λ), G(x) = x − log(1 + x) = Σ_{k≥2} (−x)^k/k, so
+    # c_k = λ(−δ/λ)^k/k: finite at λ = δ = 1e-300 although I(λ) = 1/λ = 1e300 is huge
+    lam = delta = 1e-300
+    got = fk.kl_taylor_terms(fk.family("poisson"), t([lam]), t([delta]), order=4)
+    truth = [0.0, 0.0] + [lam * (-delta / lam) ** k / k for k in (2, 3, 4)]
+    assert all(math.isclose(float(g), w, rel_tol=1e-14, abs_tol=0.0) for g, w in zip(got, truth)), (got, truth)
 
 
 def test_a_concave_log_partition_is_refused():

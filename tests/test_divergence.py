@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import mpmath as mp
 import numpy as np
 import pytest
 import torch
@@ -360,7 +361,12 @@ def test_laplace_closed_kl_matches_torch_and_is_smooth_at_zero() -> None:
     th = t64(0.5, 1.5)
     for d in [t64(0.7, -0.7), t64(-0.2, 0.0), t64(0.0, 0.3), t64(1e-3, 0.0)]:
         want = D.kl_divergence(D.Laplace(th[0], th[1]), D.Laplace(th[0] + d[0], th[1] + d[1]))
-        torch.testing.assert_close(fk.kl(f, th, th + d), want, rtol=1e-11, atol=1e-18)
+        # torch's form cancels (2.7e-10 relative at |Δ| = 1e-3); fisherkl's agrees with mpmath below
+        torch.testing.assert_close(fk.kl(f, th, th + d), want, rtol=1e-9, atol=1e-18)
+        mp.mp.dps = 50
+        sp, sq, gap = mp.mpf(float(th[1])), mp.mpf(float((th + d)[1])), abs(mp.mpf(float((th + d)[0])) - mp.mpf(0.5))
+        exact = mp.log(sq / sp) + sp / sq * mp.exp(-gap / sp) + gap / sq - 1
+        assert rel(float(fk.kl(f, th, th + d)), float(exact)) < 1e-14
     # location-only moves: KL = g(z) = z + e^{-z} - 1 ≈ z²/2, z = |Δ|/σ; the quadratic form agrees to O(z)
     z = 1e-4
     got = float(fk.kl(f, th, th + t64(z * 1.5, 0.0)))
@@ -658,9 +664,9 @@ def test_property_normal_exact_quadrature_matches_closed(a, b) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# 7. float32: closed-form KL at tiny δ is noise; the KL Hessian is not
+# 7. float32: the closed-form KL at tiny δ is written without cancellation; so is the KL Hessian
 # --------------------------------------------------------------------------------------------------
-def test_float32_closed_kl_is_noise_but_kl_hessian_is_exact() -> None:
+def test_float32_closed_kl_and_kl_hessian_are_exact() -> None:
     f = fk.family("gamma")
     th64 = t64(2.5, 1.7)
     d64 = 1e-3 * t64(1.0, -1.0)
@@ -670,7 +676,10 @@ def test_float32_closed_kl_is_noise_but_kl_hessian_is_exact() -> None:
 
     kl32 = fk.kl(f, th32, th32 + d32)
     assert kl32.dtype == torch.float32
-    assert rel(float(kl32), want) > 1e-3  # cancellation of O(1) lgamma terms: why kl_hessian exists
+    # the direct formula cancels O(1) lgamma terms (relative error ~0.2 here); the rearranged one
+    # matches the float64 KL of the same float32 parameters to float32 rounding
+    exact = float(fk.kl(f, th32.double(), (th32 + d32).double()))
+    assert rel(float(kl32), exact) < 1e-5
     # while the float64 closed form agrees with ½δᵀIδ to O(|δ|)
     assert rel(float(fk.kl(f, th64, th64 + d64)), want) < 1e-2
 

@@ -79,6 +79,39 @@ def test_series_poisson_large_rate_and_tail_bound():
     assert float(err.max()) < 1e-8
 
 
+@pytest.mark.parametrize(
+    ("lp", "lq", "restarts"),
+    [
+        (1e6, 9e5, False),  # q's mass 100 sd of p below p's: the sum starts 12 sd below q's mean
+        (9e5, 1e6, False),  # and runs past q's bulk on the right
+        (1e4, 8.5e3, True),  # χ²'s terms q²/p peak at λq²/λp = 7225, below where both masses start (7394)
+    ],
+)
+def test_series_covers_q_and_restarts_from_zero_where_the_left_tail_is_open(monkeypatch, lp, lq, restarts):
+    import fisherkl as fk
+    from fisherkl import expectation
+
+    calls = []
+    original = expectation._series_from
+    monkeypatch.setattr(expectation, "_series_from", lambda *a: calls.append(a[6]) or original(*a))
+    poisson = fk.family("poisson")
+    p, q = torch.tensor([lp], dtype=F64), torch.tensor([lq], dtype=F64)
+    kl = fk.kl(poisson, p, q, method="exact", return_error=True)
+    want = lp * math.log(lp / lq) - lp + lq  # closed form
+    assert abs(float(kl.value) - want) <= float(kl.error) + 1e-15 * want
+    assert float(kl.error) <= 1e-9 * want
+    chi2 = fk.chi2(poisson, p, q, method="exact", return_error=True)
+    exponent = (lq - lp) ** 2 / lp  # Σ q²/p − 1 = exp((λq − λp)²/λp) − 1
+    want = math.expm1(exponent) if exponent < 709 else math.inf
+    if math.isinf(want):
+        assert math.isinf(float(chi2.value))
+    else:
+        assert abs(float(chi2.value) - want) <= float(chi2.error) + 1e-15 * want
+        assert float(chi2.error) <= 1e-9 * want
+    assert any(float(start.max()) > 0 for start in calls)  # started at the mass, not at 0
+    assert any(float(start.max()) == 0 for start in calls) == restarts
+
+
 def test_series_geometric_heavy_tail():
     p = 0.01
     d = torch.distributions.Geometric(probs=torch.tensor(p, dtype=F64))

@@ -17,6 +17,7 @@ from .errors import (
     ParameterError,
     RouteError,
     SingularFisherWarning,
+    UnreliableEstimateWarning,
 )
 from .estimate import Estimate
 from .expfamily import ExponentialFamily
@@ -58,6 +59,7 @@ __all__ = [
     "Reparametrized",
     "RouteError",
     "SingularFisherWarning",
+    "UnreliableEstimateWarning",
     "ValidityRadius",
     "available_routes",
     "check",

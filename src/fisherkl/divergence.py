@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from .divergence_core import divergence, log_ratio, pearson
+from .divergence_core import chi2_divergence, kl_divergence
 from .errors import ParameterError
 from .estimate import Estimate
 from .fisher import Method, fisher
@@ -41,7 +41,7 @@ def kl(
 ) -> Tensor | Estimate:
     """KL[p_θp ‖ p_θq] = E_p[log p − log q] ≥ 0, shape = the broadcast batch shape."""
     tp, tq = validate_pair(model, theta_p, theta_q)
-    est = divergence(model, tp, tq, model.closed_kl, log_ratio, "KL", method, n_samples, seed, generator)
+    est = kl_divergence(model, tp, tq, method, n_samples, seed, generator)
     return est if return_error else est.value
 
 
@@ -58,9 +58,9 @@ def jeffreys(
 ) -> Tensor | Estimate:
     """Jeffreys divergence KL[p‖q] + KL[q‖p] (symmetric), with errors added."""
     tp, tq = validate_pair(model, theta_p, theta_q)
-    a = divergence(model, tp, tq, model.closed_kl, log_ratio, "KL", method, n_samples, seed, generator)
+    a = kl_divergence(model, tp, tq, method, n_samples, seed, generator)
     seed2 = None if seed is None else seed + 1
-    b = divergence(model, tq, tp, model.closed_kl, log_ratio, "KL", method, n_samples, seed2, generator)
+    b = kl_divergence(model, tq, tp, method, n_samples, seed2, generator)
     est = Estimate(
         a.value + b.value,
         a.error + b.error,
@@ -81,10 +81,13 @@ def chi2(
     generator: torch.Generator | None = None,
     return_error: bool = False,
 ) -> Tensor | Estimate:
-    """Pearson χ² = ∫ (q − p)²/p dx = E_p[(q/p − 1)²] (may be +inf for wide q)."""
+    """Pearson χ² = ∫ (q − p)²/p dx = E_p[(q/p − 1)²] (+inf where q is too wide for p).
+
+    Closed for every exponential family and every Gaussian family. A Monte Carlo estimate whose
+    variance is infinite (E_p[(q/p)⁴] = ∞) gets error +inf and an UnreliableEstimateWarning.
+    """
     tp, tq = validate_pair(model, theta_p, theta_q)
-    closed = getattr(model, "chi2_formula", lambda a, b: None)
-    est = divergence(model, tp, tq, closed, pearson, "chi-squared divergence", method, n_samples, seed, generator)
+    est = chi2_divergence(model, tp, tq, method, n_samples, seed, generator)
     return est if return_error else est.value
 
 

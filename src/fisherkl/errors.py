@@ -35,3 +35,8 @@ class NumericalError(FisherKLError, ArithmeticError):
 
 class SingularFisherWarning(UserWarning):
     """The Fisher information is singular at θ (a direction of θ is not identifiable there)."""
+
+
+class UnreliableEstimateWarning(UserWarning):
+    """A stated error does not mean what it says (e.g. a Monte Carlo standard error whose variance is
+    infinite); the warning names the quantity and what to do instead."""

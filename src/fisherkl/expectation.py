@@ -30,6 +30,9 @@ from . import arguments
 from .errors import ConvergenceError, NumericalError
 
 Integrand = Callable[[Tensor], tuple[Tensor, "Tensor | LogScaled"]]
+# the last exp-sinh node toward an infinite end: x = s·e^{π/2·sinh 6.5} ≈ s·e^522, so that heavy tails
+# (Pareto α = 0.1: mass x^{−α} ≈ 2e-23 beyond it) are reached
+_EXP_SINH_T = 6.5
 _STALL_RTOL = 1e-7  # a quadrature that stops improving below this relative size returns (error stated)
 
 
@@ -73,13 +76,24 @@ def _bounds(support: tc.Constraint) -> tuple[object, object] | None:
 
 class LogScaled(NamedTuple):
     """An integrand value ``exp(log_scale)·value``, kept apart so that a huge factor (like
-    (q/p)² in a χ² divergence) meets the tiny density p in log space instead of overflowing."""
+    (q/p)² in a χ² divergence) meets the tiny density p in log space instead of overflowing.
+
+    ``absolute``: ``log_scale`` is the whole log-weight of the node (it replaces log p, e.g. log q
+    for a term p·(q/p)·v = q·v), so that log p + (log q − log p) is never formed in rounding.
+    """
 
     value: Tensor
     log_scale: Tensor
+    absolute: bool = False
 
-    def dense(self) -> Tensor:
-        return self.value * _expand_out(torch.exp(self.log_scale), self.value.ndim)
+    def dense(self, logp: Tensor) -> Tensor:
+        """exp(log_scale)·value relative to p (the integrand f itself), given log p at the nodes."""
+        scale = self.log_scale - logp if self.absolute else self.log_scale
+        return self.value * _expand_out(torch.exp(scale), self.value.ndim)
+
+    def log_weight(self, logp: Tensor) -> Tensor:
+        """log p + log_scale (or log_scale alone when absolute)."""
+        return self.log_scale if self.absolute else logp + self.log_scale
 
 
 def _weighted_sum(logw: Tensor, logp: Tensor, f: Tensor | LogScaled, drop_tiny: bool = True) -> tuple[Tensor, Tensor]:
@@ -94,7 +108,7 @@ def _weighted_sum(logw: Tensor, logp: Tensor, f: Tensor | LogScaled, drop_tiny: 
     """
     w = torch.exp(logw + logp)
     if isinstance(f, LogScaled):
-        f, logw_f = f.value, logw + logp + f.log_scale
+        f, logw_f = f.value, logw + f.log_weight(logp)
     else:
         logw_f = logw + logp
     w_f = torch.exp(logw_f)
@@ -107,6 +121,21 @@ def _weighted_sum(logw: Tensor, logp: Tensor, f: Tensor | LogScaled, drop_tiny: 
     zero = torch.zeros_like(f)
     wf = torch.where(keep, wb, zero) * torch.where(keep, f, zero)
     return wf.sum(0), torch.nan_to_num(w, nan=0.0).sum(0)
+
+
+_ROUNDING_ULPS = 4.0
+
+
+def _rounding(logw: Tensor, logp: Tensor, f: Tensor | LogScaled, drop_tiny: bool = True) -> Tensor:
+    """4·eps·Σₙ|w·f|: the rounding of a weighted sum and of the last bits of its terms, a floor under the
+    stated error of a series or quadrature (levels or tail bounds that agree to the last bit still carry
+    it). Finite sums state the defect of their probabilities instead (:func:`_finite`)."""
+    if isinstance(f, LogScaled):
+        g: Tensor | LogScaled = LogScaled(f.value.detach().abs(), f.log_scale.detach(), f.absolute)
+    else:
+        g = f.detach().abs()
+    total, _ = _weighted_sum(logw.detach(), logp.detach(), g, drop_tiny)
+    return _ROUNDING_ULPS * torch.finfo(total.dtype).eps * total
 
 
 def _require_mass(mass: Tensor, scheme: str, dist: Distribution, tol: float = 1e-3) -> Tensor:
@@ -182,101 +211,180 @@ def _series_start(dist: Distribution, lower: float, dtype: torch.dtype, device: 
     return torch.where(ok, far, start)
 
 
-def _series(
-    dist: Distribution, integrand: Integrand, rtol: float, tail_tol: float, max_terms: int
-) -> tuple[Tensor, Tensor]:
-    """Σ_k p_k f(k) over k = start, start + 1, … (start per batch element, see :func:`_series_start`).
+def _series_top(dist: Distribution, start: Tensor) -> Tensor:
+    """Where the mass ends, per batch element: mean + 12·sd (``start`` where the moments are unknown)."""
+    try:
+        mean = dist.mean.detach().to(start.dtype)
+        sd = dist.stddev.detach().to(start.dtype)
+    except (NotImplementedError, AttributeError, RuntimeError):
+        return start
+    return torch.maximum((mean + _SERIES_SPREAD * sd).expand_as(start), start)
 
-    The right tail beyond the last term K is bounded by p_K·r/(1 − r), r = p_K/p_{K−1} < 1, and the
-    left tail below the start s > lower by p_s·ρ/(1 − ρ), ρ = p_{s−1}/p_s (log-concave pmfs); each times
-    the integrand's size there. Sums that would need more than ``max_terms`` terms, or integers beyond
-    the dtype's exact range, are refused up front (NumericalError) instead of running for minutes.
+
+def _series(
+    dist: Distribution,
+    integrand: Integrand,
+    rtol: float,
+    tail_tol: float,
+    max_terms: int,
+    others: tuple[Distribution, ...] = (),
+) -> tuple[Tensor, Tensor]:
+    """Σₖ p(k)·f(k) over k = s, s + 1, …, truncated where the tails on both sides are bounded.
+
+    The start s is, per batch element, 12 standard deviations below the lowest mean of p and of each
+    of ``others`` (e.g. q in E_p[g(q/p)], whose mass may sit far from p's), or the support's lower
+    bound where that is closer. With tₖ = p(k)·max(|f(k)|, 1):
+
+    - right tail: with ρ = t_K/t_{K−1} < 1 at the last term K, at most t_K·ρ/(1 − ρ) when the ratios
+      keep falling (log-concave terms: Poisson, geometric and negative binomial pmfs times
+      polynomial or geometric integrands); a ratio still rising is extrapolated over the next
+      doubling first. The sum also runs until the tail mass of p and of each of ``others`` is below
+      ``tail_tol``.
+    - left tail (s above the lower bound): at most t_s·ρ′/(1 − ρ′), ρ′ = t_s/t_{s+1} (toward the left
+      the ratios of log-concave terms fall at least as fast), and p's own mass below s by its pmf
+      ratio; where that bound is not within tolerance the sum is redone from the lower bound.
+
+    A sum whose terms grow without bound (a divergent χ²) overflows to +inf and is returned as +inf.
+    The points summed must hold p's probability (NumericalError otherwise); the defect × the value's
+    size is added to the error. Sums that would need more than ``max_terms`` terms, or integers
+    beyond the dtype's exact range, are refused up front (NumericalError) instead of running for
+    minutes; one still growing after ``max_terms`` terms is refused (ConvergenceError).
     """
     lower = float(dist.support.lower_bound)
     batch = dist.batch_shape
     probe = dist.log_prob(torch.as_tensor(lower).expand(batch))
     dtype, device = probe.dtype, probe.device
-    start = _series_start(dist, lower, dtype, device)
-    try:
-        width = (dist.mean.detach().to(dtype) + _SERIES_SPREAD * dist.stddev.detach().to(dtype)).expand(batch) - start
-    except (NotImplementedError, AttributeError, RuntimeError):
-        width = torch.zeros(batch, dtype=dtype, device=device)
+    dists = (dist, *others)
+    start = torch.stack([_series_start(d, lower, dtype, device).expand(batch) for d in dists]).amin(0)
+    top = torch.stack([_series_top(d, start).expand(batch) for d in dists]).amax(0)
+    result = _series_from(dist, integrand, rtol, tail_tol, max_terms, others, start, top)
+    if result is None:  # the left tail is not bounded from the start: sum from the lower bound
+        start = torch.full(batch, lower, dtype=dtype, device=device)
+        result = _series_from(dist, integrand, rtol, tail_tol, max_terms, others, start, top)
+        assert result is not None  # no left tail below the lower bound
+    return result
+
+
+def _series_from(
+    dist: Distribution,
+    integrand: Integrand,
+    rtol: float,
+    tail_tol: float,
+    max_terms: int,
+    others: tuple[Distribution, ...],
+    start: Tensor,
+    top: Tensor,
+) -> tuple[Tensor, Tensor] | None:
+    """:func:`_series` from ``start`` ``[*batch]``; None where its left tail is not within tolerance."""
+    lower = float(dist.support.lower_bound)
+    batch = dist.batch_shape
+    dtype, device = start.dtype, start.device
+    width = top - start
     width_max = float(width.max()) if width.numel() else 0.0
     if width_max > max_terms or not math.isfinite(width_max):
         raise NumericalError(
             f"series expectation over {type(dist).__name__}: the mass spans about {width_max:.3g} integers, beyond "
             f"the {max_terms} terms an exact sum may take; use method='closed' or 'kl_hessian', or expectation='mc'"
         )
-    top = float((start + width).max()) if width.numel() else 0.0
+    top_max = float(top.max()) if top.numel() else 0.0
     digits = round(-math.log2(torch.finfo(dtype).eps)) + 1  # 53 in float64, 24 in float32
-    if top > 2.0**digits:
+    if top_max > 2.0**digits:
         raise NumericalError(
-            f"series expectation over {type(dist).__name__}: the mass sits near {top:.3g}, beyond the integers "
+            f"series expectation over {type(dist).__name__}: the mass sits near {top_max:.3g}, beyond the integers "
             f"{dtype} represents exactly (2^{digits}); use float64 or method='closed'"
         )
-    # left tail below the start (zero where the sum starts at the support's lower bound)
+    # mass of p and of each of others below the start (zero where the sum starts at the lower bound)
     inner = start > lower
-    log_s = dist.log_prob(start).detach()
-    log_before = dist.log_prob(torch.where(inner, start - 1, start)).detach()
-    rho = torch.exp(log_before - log_s).clamp(max=1.0)
-    left = torch.where(inner, torch.where(rho < 1, torch.exp(log_s) * rho / (1 - rho), math.inf), 0.0)
+    left = torch.zeros(batch, dtype=dtype, device=device)
+    for d in (dist, *others):
+        log_s = d.log_prob(start).detach()
+        log_before = d.log_prob(torch.where(inner, start - 1, start)).detach()
+        rho_d = torch.exp(log_before - log_s).clamp(max=1.0)
+        left_d = torch.where(rho_d < 1, torch.exp(log_s) * rho_d / (1 - rho_d), math.inf)
+        left = torch.maximum(left, torch.nan_to_num(torch.where(inner, left_d, 0.0), nan=math.inf))
+    left_err: Tensor | None = None
     offset, chunk = 0, 64
     total: Tensor | None = None
     mass = torch.zeros(batch, dtype=dtype, device=device)
-    log_f_first: Tensor | None = None
+    rounding: Tensor | float = 0.0
     prev_logp: Tensor | None = None
+    prev_logt: Tensor | None = None
     while True:
         k = torch.arange(offset, offset + chunk, dtype=dtype, device=device).reshape((-1,) + (1,) * len(batch))
         x = start + k
         logp, f = integrand(x)
         part, part_mass = _weighted_sum(torch.zeros_like(logp), logp, f, drop_tiny=False)
         total = part if total is None else total + part
+        rounding = rounding + _rounding(torch.zeros_like(logp), logp, f, drop_tiny=False)
         mass = mass + part_mass
-        log_f = _log_size(f, len(batch))
-        if log_f_first is None:
-            log_f_first = log_f[0]
+        offset += chunk
+        # tail of the terms t_k = p(k)·max(|f(k)|, 1), in log space
+        logt = _log_terms(logp.detach(), f, len(batch))
+        if left_err is None:  # below the first term, by the ratio of the first two
+            rho_left = torch.exp(logt[0] - logt[1])
+            left_terms = torch.where(rho_left < 1, torch.exp(logt[0]) * rho_left / (1 - rho_left), math.inf)
+            left_terms = torch.where(torch.isneginf(logt[0]), torch.zeros_like(left_terms), left_terms)
+            left_err = torch.where(inner, torch.nan_to_num(2 * left_terms, nan=math.inf), 0.0)
+        # tail mass of p and of each of others (their pmf ratios at the end)
         last = logp[-1].detach()
         before = logp[-2].detach() if chunk > 1 else prev_logp
         prev_logp = last
-        offset += chunk
         log_r = last - before if before is not None else torch.zeros_like(last)
         r = torch.exp(log_r).clamp(max=1.0)
         tail = torch.where(r < 1, torch.exp(last) * r / (1 - r), torch.full_like(last, math.inf))
+        ends = x[-2:].expand((2, *batch))
+        for other in others:
+            lo = other.log_prob(ends).detach()
+            r_o = torch.exp(lo[1] - lo[0]).clamp(max=1.0)
+            tail_o = torch.where(r_o < 1, torch.exp(lo[1]) * r_o / (1 - r_o), torch.full_like(lo[1], math.inf))
+            tail = torch.maximum(tail, torch.nan_to_num(tail_o, nan=math.inf))
+        lt_last, lt_before = logt[-1], logt[-2] if chunk > 1 else prev_logt
+        lt_earlier = logt[-3] if chunk > 2 else lt_before
+        prev_logt = lt_last
+        rho = torch.exp(lt_last - lt_before) if lt_before is not None else torch.ones_like(lt_last)
+        rho_prev = torch.exp(lt_before - lt_earlier) if lt_earlier is not None else rho
+        rising = torch.clamp(rho - rho_prev, min=0.0)
+        rho_bound = torch.nan_to_num(rho + rising * offset, nan=math.inf)
+        term_tail = torch.where(
+            rho_bound < 1, torch.exp(lt_last) * rho_bound / (1 - rho_bound), torch.full_like(lt_last, math.inf)
+        )
+        term_tail = torch.where(torch.isneginf(lt_last), torch.zeros_like(term_tail), term_tail)
+        err = torch.nan_to_num(2 * term_tail, nan=math.inf)
         scale = total.detach().abs()
         if scale.ndim > tail.ndim:
             scale = scale.flatten(tail.ndim).amax(-1)
-        # tail mass times the integrand's size at the last (first) term, in log space (no overflow)
-        err = torch.where(tail > 0, _mul_log(tail, log_f[-1]), torch.zeros_like(tail))
-        err = err + torch.where(left > 0, _mul_log(left, log_f_first), torch.zeros_like(left))
-        err = torch.nan_to_num(err, nan=math.inf)
-        done = (tail < tail_tol) & (left < tail_tol) & (err <= rtol * scale + tail_tol)
+        overflow = torch.isinf(scale)
+        done = overflow | ((tail < tail_tol) & (err <= rtol * scale + tail_tol))
         if bool(done.all()):
-            defect = _require_mass(mass, "series", dist)
-            err = err + defect * scale
-            return total, _expand_out(err, total.ndim).expand_as(total)
+            bounded = overflow | ((left < tail_tol) & (left_err <= rtol * scale + tail_tol))
+            if not bool(bounded.all()):
+                return None
+            # an overflowed (divergent) sum is +inf whatever mass it has not reached yet
+            defect = _require_mass(torch.where(overflow, torch.ones_like(mass), mass), "series", dist)
+            err = torch.where(overflow, torch.zeros_like(err), err + left_err + defect * scale)
+            err = torch.where(_expand_out(overflow, total.ndim), 0.0, _expand_out(err, total.ndim) + rounding)
+            return total, err.expand_as(total)
         if offset >= max_terms:
             raise ConvergenceError(
                 f"series expectation not converged after {offset} terms (tail mass bound "
-                f"{float(tail.max()):.3g}); the distribution may be too wide or the sum may diverge"
+                f"{float(tail.max()):.3g}, terms still falling by no more than a factor "
+                f"{float(rho_bound.max()):.3g}); the distribution may be too wide or the sum may diverge"
             )
         chunk = min(chunk * 2, 1 << 16)
 
 
-def _log_size(f: Tensor | LogScaled, nbatch: int) -> Tensor:
-    """log max|f| over the output entries, per node ``[n, *batch]`` (−inf where f is 0)."""
+def _log_terms(logp: Tensor, f: Tensor | LogScaled, nbatch: int) -> Tensor:
+    """log(p(k)·max(|f(k)|, 1)) ``[n, *batch]`` (the largest over extra output dimensions), in log
+    space so that a huge |f| at a tiny p neither overflows nor is lost."""
     if isinstance(f, LogScaled):
-        v, extra = f.value.detach().abs(), f.log_scale.detach()
+        scale = f.log_weight(logp).detach() - logp
+        log_abs = torch.log(f.value.detach().abs()) + _expand_out(scale, f.value.ndim)
     else:
-        v, extra = f.detach().abs(), None
-    if v.ndim > nbatch + 1:
-        v = v.flatten(nbatch + 1).amax(-1)
-    out = torch.log(v)
-    return out if extra is None else out + extra
-
-
-def _mul_log(mass: Tensor, log_f: Tensor) -> Tensor:
-    """2·mass·max(|f|, 1) with |f| = exp(log_f), computed without overflow where the product is finite."""
-    return torch.exp(torch.log(mass) + torch.clamp(log_f, min=0.0) + math.log(2))
+        log_abs = torch.log(f.detach().abs())
+    log_abs = torch.nan_to_num(log_abs, nan=math.inf)
+    if log_abs.ndim > nbatch + 1:
+        log_abs = log_abs.flatten(nbatch + 1).amax(-1)
+    return logp + torch.clamp(log_abs, min=0.0)
 
 
 # --- one-dimensional quadrature ------------------------------------------------------------------
@@ -310,7 +418,7 @@ def _center_scale(dist: Distribution, lo: Tensor, hi: Tensor) -> tuple[Tensor, T
     return c, s
 
 
-def _segment_nodes(a: Tensor, b: Tensor, s: Tensor, h: float) -> tuple[Tensor, Tensor]:
+def _segment_nodes(a: Tensor, b: Tensor, s: Tensor, h: float, t_cap: Tensor | float = 4.5) -> tuple[Tensor, Tensor]:
     """Nodes ``[n, *batch]`` and log weights (log h·dx/dt) for ∫_a^b, elementwise in the batch.
 
     Finite [a, b]: x = a + (b − a)·σ(π·sinh t) (tanh-sinh, written with the logistic σ so that
@@ -326,24 +434,26 @@ def _segment_nodes(a: Tensor, b: Tensor, s: Tensor, h: float) -> tuple[Tensor, T
     length = torch.where(fa & fb, b - a, torch.ones_like(s))
     x_fin = torch.where(fa, a, torch.zeros_like(a)) + length * torch.sigmoid(v)
     lw_fin = torch.log(length) + F.logsigmoid(v) + F.logsigmoid(-v) + torch.log(math.pi * torch.cosh(t))
-    # exp-sinh toward an infinite end (t capped at 4.5: x reaches s·e^70)
-    ti = t.clamp(max=4.5)
+    # exp-sinh toward an infinite end (t capped at t_cap: x reaches s·e^{π/2·sinh t_cap})
+    ti = torch.minimum(t, torch.as_tensor(t_cap, dtype=dtype, device=device))
     u = math.pi / 2 * torch.sinh(ti)
     offset = s * torch.exp(u)
     x_inf = torch.where(fa, a + offset, torch.where(fb, b - offset, offset))
     lw_inf = torch.log(s) + u + torch.log(math.pi / 2 * torch.cosh(ti))
-    lw_inf = torch.where(t > 4.5, torch.full_like(lw_inf, -math.inf), lw_inf)
+    lw_inf = torch.where(t > t_cap, torch.full_like(lw_inf, -math.inf), lw_inf)
     x = torch.where(fa & fb, x_fin, x_inf)
     lw = torch.where(fa & fb, lw_fin, lw_inf) + math.log(h)
     return x, lw
 
 
-def _quadrature_nodes(lo: Tensor, hi: Tensor, points: Tensor, s: Tensor, h: float) -> tuple[Tensor, Tensor]:
+def _quadrature_nodes(
+    lo: Tensor, hi: Tensor, points: Tensor, s: Tensor, h: float, t_cap: Tensor | float = 4.5
+) -> tuple[Tensor, Tensor]:
     """Nodes and log weights for ∫_lo^hi split at the sorted break ``points`` ``[m, *batch]``."""
     ends = torch.cat([lo.unsqueeze(0), points, hi.unsqueeze(0)], 0)
     xs, lws = [], []
     for j in range(ends.shape[0] - 1):
-        x, lw = _segment_nodes(ends[j], ends[j + 1], s, h)
+        x, lw = _segment_nodes(ends[j], ends[j + 1], s, h, t_cap)
         xs.append(x)
         lws.append(lw)
     x, lw = torch.cat(xs, 0), torch.cat(lws, 0)
@@ -354,6 +464,27 @@ def _quadrature_nodes(lo: Tensor, hi: Tensor, points: Tensor, s: Tensor, h: floa
     return x, lw
 
 
+def _tail_reach(dist: Distribution, lo: Tensor, hi: Tensor, c: Tensor, s: Tensor) -> Tensor:
+    """How far exp-sinh nodes go toward an infinite end: t = 4.5 (x = c ± s·e^70.7), or t = 6.5
+    (x = c ± s·e^522) where the tail mass beyond e^70.7 is still above ~1e-17 (heavy tails: Pareto
+    and Student t with small exponents). Light tails keep the shorter reach, where the integrand's
+    derivatives cannot overflow."""
+    reach = math.pi / 2 * math.sinh(4.5)
+    heavy = torch.zeros_like(s, dtype=torch.bool)
+    with torch.no_grad():
+        for end, sign in ((hi, 1.0), (lo, -1.0)):
+            if bool(torch.isfinite(end).all()):
+                continue
+            x = c + sign * s * math.exp(reach)
+            try:
+                logp = dist.log_prob(x.to(c.dtype))
+            except (ValueError, RuntimeError):
+                continue
+            tail = torch.nan_to_num(logp + torch.log(s) + reach, nan=-math.inf)  # ≈ log(x·p(x)) ~ log mass beyond
+            heavy |= ~torch.isfinite(end) & (tail > -40.0)
+    return torch.where(heavy, torch.full_like(s, _EXP_SINH_T), torch.full_like(s, 4.5))
+
+
 def _quadrature(
     dist: Distribution,
     integrand: Integrand,
@@ -361,6 +492,7 @@ def _quadrature(
     max_level: int,
     others: tuple[Distribution, ...],
     min_level: int = 4,
+    noise_column: bool = False,
 ) -> tuple[Tensor, Tensor]:
     bounds = _dist_bounds(dist)
     assert bounds is not None
@@ -370,34 +502,46 @@ def _quadrature(
     lo = torch.as_tensor(bounds[0], dtype=dtype, device=device).expand(batch)
     hi = torch.as_tensor(bounds[1], dtype=dtype, device=device).expand(batch)
     c, s = _center_scale(dist, lo, hi)
+    t_cap = _tail_reach(dist, lo, hi, c, s)
     centers = [c] + [_center_scale(o, lo, hi)[0].expand(batch) for o in others]
     points = torch.sort(torch.stack(centers, 0), 0).values
     previous: Tensor | None = None
     previous_mass = torch.zeros(())
     diff = torch.full((), math.inf)
     for level in range(2, max_level + 1):
-        x, lw = _quadrature_nodes(lo, hi, points, s, 2.0**-level)
+        x, lw = _quadrature_nodes(lo, hi, points, s, 2.0**-level, t_cap)
         logp, f = integrand(x)
         value, mass = _weighted_sum(lw, logp, f)
         if value.requires_grad:
             # nodes whose log-density or integrand came out non-finite would still send 0·NaN
             # into the gradient: move them to the centre with weight zero and evaluate again
-            dense = f.dense() if isinstance(f, LogScaled) else f
-            bad = ~torch.isfinite(logp.detach())
-            # nodes of zero (underflowed) weight add nothing, but their gradient may be 0·NaN (a
-            # log-sum-exp over components of which one is −inf): move them too
-            log_scale = f.log_scale.detach() if isinstance(f, LogScaled) else 0.0
-            bad |= torch.exp(lw + logp.detach() + log_scale) == 0
+            dense = f.dense(logp) if isinstance(f, LogScaled) else f
+            # also nodes whose weight in the integral underflows: they add nothing to the value, but their
+            # derivatives may overflow (x² at x ~ 1e200) or be 0·NaN (a log-sum-exp over components of
+            # which one is −inf) and send NaN into the gradient
+            weight = f.log_weight(logp).detach() if isinstance(f, LogScaled) else logp.detach()
+            under = torch.isfinite(logp.detach()) & (torch.exp(lw + weight) == 0)  # in the dtype's own range
+            bad = ~torch.isfinite(logp.detach()) | under
             if dense.ndim > logp.ndim:
-                bad |= ~torch.isfinite(dense.detach()).flatten(logp.ndim).all(-1)
+                broken = ~torch.isfinite(dense.detach()).flatten(logp.ndim).all(-1)
+                bad, under = bad | broken, under & ~broken
             if bool(bad.any()):
+                # where only the term underflows, the node's probability still counts in the mass
+                kept = torch.where(under, torch.exp(lw + logp.detach()), 0.0).sum(0)
                 x = torch.where(bad, c.expand_as(x), x)
                 lw = torch.where(bad, torch.full_like(lw, -math.inf), lw)
                 logp, f = integrand(x)
                 value, mass = _weighted_sum(lw, logp, f)
+                mass = mass + kept
         if previous is not None:
             same = value.detach() == previous.detach()  # also +inf at both levels: a divergent value
             diff = torch.where(same, torch.zeros_like(value), (value - previous).detach().abs())
+            if noise_column:
+                # differences within the integrand's own rounding (the last column) are not discretisation;
+                # the noise column itself needs no more than its order of magnitude
+                floor = value[..., -1:].detach().abs()
+                diff = torch.clamp(diff - 2 * floor, min=0.0)
+                diff[..., -1] = 0.0
             scale = value.detach().abs()
             flat_scale = scale.flatten(len(batch)).amax(-1) if scale.ndim > len(batch) else scale
             denom = scale + _expand_out(flat_scale, scale.ndim)
@@ -426,7 +570,7 @@ def _quadrature(
                 if bool(lost_mass.any()):
                     w = torch.exp(lw + logp.detach())
                     light = (w > 0) & (w < 1e-6 * w.amax(0, keepdim=True))
-                    dense = (f.dense() if isinstance(f, LogScaled) else f).detach().abs()
+                    dense = (f.dense(logp) if isinstance(f, LogScaled) else f).detach().abs()
                     dense = torch.where(_expand_out(light, dense.ndim) & torch.isfinite(dense), dense, 0.0)
                     edge = dense.amax(0)
                     if edge.ndim > len(batch):  # one bound for all entries: the lost mass feeds them all
@@ -435,7 +579,7 @@ def _quadrature(
                     # heavy tail); the bound stays conservative
                     lost = 4 * _expand_out(torch.where(lost_mass, defect, 0.0), value.ndim) * edge
                     factor = torch.maximum(factor, lost)
-                err = diff + factor
+                err = diff + factor + _rounding(lw, logp, f)
                 return value, err
         previous, previous_mass = value, mass.detach()
     raise ConvergenceError(
@@ -496,6 +640,7 @@ def expect_exact(
     max_terms: int = 1 << 24,
     others: tuple[Distribution, ...] = (),
     min_level: int = 4,
+    noise_column: bool = False,
 ) -> tuple[Tensor, Tensor, str]:
     """E_{x∼dist}[f] by the exact scheme of :func:`exact_scheme`: (value, error bound, scheme).
 
@@ -503,6 +648,8 @@ def expect_exact(
     that involve them, e.g. log q in KL[p ‖ q], which may have a kink at q's centre).
     ``min_level``: the finest quadrature level to reach at least (for integrands that vanish
     identically at the point of evaluation but not in their derivatives, such as KL at δ = 0).
+    ``noise_column``: the integrand's last output column is an estimate of its own rounding error;
+    quadrature levels that differ by less than it count as converged.
     """
     scheme = exact_scheme(dist)
     dtype = _dtype_of(dist)
@@ -510,9 +657,9 @@ def expect_exact(
     if scheme == "finite":
         v, e = _finite(dist, integrand)
     elif scheme == "series":
-        v, e = _series(dist, integrand, rtol, tail_tol, max_terms)
+        v, e = _series(dist, integrand, rtol, tail_tol, max_terms, others)
     elif scheme == "quadrature":
-        v, e = _quadrature(dist, integrand, rtol, max_level, others, min_level)
+        v, e = _quadrature(dist, integrand, rtol, max_level, others, min_level, noise_column)
     else:
         raise ValueError(f"no exact expectation for {type(dist).__name__} (event shape {tuple(dist.event_shape)})")
     return v, e, scheme
@@ -564,7 +711,7 @@ def expect_mc(
                 "so the samples do not represent the distribution; use float64, an exact route or method='closed'"
             )
         if isinstance(f, LogScaled):
-            f = f.dense()
+            f = f.dense(logp)
         s1, s2 = f.sum(0), f.detach().square().sum(0)
         total = s1 if total is None else total + s1
         total_sq = s2 if total_sq is None else total_sq + s2

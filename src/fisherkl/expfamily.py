@@ -144,6 +144,10 @@ class ExponentialFamily(Model):
     def has_closed_kl(self, eta: Tensor) -> bool:
         return True
 
+    def ratio_moment_finite(self, eta_p: Tensor, eta_q: Tensor, m: int) -> Tensor | None:
+        """Whether E_p[(q/p)^m] < ∞: m·η_q − (m − 1)·η_p in the natural domain (None without ``domain``)."""
+        return None if self._domain is None else self._domain(m * eta_q - (m - 1) * eta_p)
+
     def chi2_formula(self, eta_p: Tensor, eta_q: Tensor) -> Tensor:
         """χ² = exp(A(2η_q − η_p) − 2A(η_q) + A(η_p)) − 1, +inf outside the natural domain."""
         star = 2 * eta_q - eta_p

@@ -155,6 +155,17 @@ class Family(Model):
         log_ratio = self.log_partition(safe) - 2 * self.log_partition(eta_q) + self.log_partition(eta_p)
         return torch.where(ok, torch.expm1(log_ratio), torch.full_like(log_ratio, float("inf")))
 
+    def ratio_moment_finite(self, theta_p: Tensor, theta_q: Tensor, m: int) -> Tensor | None:
+        """Whether E_p[(q/p)^m] = ∫ q^m p^{1−m} is finite (m ≥ 2), elementwise; None if unknown.
+
+        m = 2: whether χ² is finite; m = 4: whether a Monte Carlo χ² has a finite variance. For an
+        exponential family: iff m·η_q − (m − 1)·η_p lies in the natural parameter space.
+        """
+        eta_p, eta_q = self.natural(theta_p), self.natural(theta_q)
+        if eta_p is None or eta_q is None:
+            return None
+        return self.in_natural_domain(m * eta_q - (m - 1) * eta_p)
+
     # --- Model interface ------------------------------------------------------------------------
     def _check_by_torch(self, theta: Tensor, what: str) -> None:
         """Families check their own constraints; no second check through torch."""

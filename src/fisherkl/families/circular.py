@@ -9,6 +9,7 @@ from torch.distributions import Distribution
 from ..constraints import positive, real
 from ..model import Param
 from .base import Family, diag_matrix, register, split
+from .closed_divergences import log_i0_bregman
 from .distributions import (
     AccurateVonMises,
     bessel_ratio,
@@ -39,9 +40,14 @@ class VonMisesFamily(Family):
         return diag_matrix(kappa * bessel_ratio(kappa), bessel_ratio_derivative(kappa))
 
     def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
-        # KL = log I₀(κq) − log I₀(κp) + A(κp)(κp − κq cos Δ), Δ = μp − μq, rearranged without
-        # cancellation for large κ: log i0e(κq) − log i0e(κp) + (κq − κp)(1 − A) + 2Aκq sin²(Δ/2)
+        # KL = log I₀(κq) − log I₀(κp) + A(κp)(κp − κq cos Δ), Δ = μp − μq
+        #    = [log I₀(κq) − log I₀(κp) − (κq − κp)A(κp)] + 2Aκq sin²(Δ/2): the Bregman divergence of
+        # the convex log I₀ (by Gauss–Legendre on A′ near κp) plus a nonnegative location term
         mp, kp = split(theta_p)
         mq, kq = split(theta_q)
-        c = bessel_ratio_complement(kp)
-        return log_i0e(kq) - log_i0e(kp) + (kq - kp) * c + 2 * (1 - c) * kq * torch.sin((mp - mq) / 2).square()
+        bregman = log_i0_bregman(kp, kq - kp, log_i0e, bessel_ratio_complement, bessel_ratio_derivative)
+        return bregman + 2 * bessel_ratio(kp) * kq * torch.sin((mp - mq) / 2).square()
+
+    def ratio_moment_finite(self, theta_p: Tensor, theta_q: Tensor, m: int) -> Tensor:
+        # two von Mises densities have a bounded ratio on the circle
+        return torch.ones(torch.broadcast_shapes(theta_p.shape, theta_q.shape)[:-1], dtype=torch.bool)

@@ -8,8 +8,17 @@ from torch.distributions import Distribution, Geometric, Poisson
 
 from ..constraints import count, positive, unit_interval
 from ..model import Param
+from ..special import poisson_kl
 from .base import Family, Fixed, register
-from .distributions import AccurateBernoulli, AccurateBinomial, AccurateNegativeBinomial, bernoulli_kl, log1mexp
+from .closed_divergences import bernoulli_kl
+from .distributions import AccurateBernoulli, AccurateBinomial, AccurateNegativeBinomial, log1mexp
+
+INF = float("inf")
+
+
+def bernoulli_chi2(p: Tensor, q: Tensor) -> Tensor:
+    """Σ (qᵢ − pᵢ)²/pᵢ over the two outcomes = (q − p)²/(p(1 − p))."""
+    return (q - p).square() / (p * (1 - p))
 
 
 class OneProbability(Family):
@@ -43,8 +52,11 @@ class BernoulliFamily(OneProbability):
         return 1 / (theta * (1 - theta)).unsqueeze(-1)
 
     def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
-        # in p directly: torch's formula goes through clamped logits, flat (zero derivatives) below eps
+        # in p and q directly (torch's formula goes through clamped logits, flat below eps), from q − p
         return bernoulli_kl(theta_p[..., 0], theta_q[..., 0])
+
+    def chi2_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        return bernoulli_chi2(theta_p[..., 0], theta_q[..., 0])
 
 
 @register
@@ -73,6 +85,10 @@ class BinomialFamily(OneProbability):
     def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
         return self.fixed_values["total_count"] * bernoulli_kl(theta_p[..., 0], theta_q[..., 0])
 
+    def chi2_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        one = bernoulli_chi2(theta_p[..., 0], theta_q[..., 0])
+        return torch.expm1(self.fixed_values["total_count"] * torch.log1p(one))
+
 
 @register
 class GeometricFamily(OneProbability):
@@ -99,10 +115,19 @@ class GeometricFamily(OneProbability):
         return 1 / (theta.square() * (1 - theta)).unsqueeze(-1)
 
     def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
-        # KL = log(p/q) + ((1 − p)/p)·log((1 − p)/(1 − q)), written with log1p so that it stays exact
-        # for small p (torch's form subtracts O(1/p) terms: KL(θ, θ) = 3e-3 at p = 1e-12)
+        # KL = log(p/q) + ((1 − p)/p)·log((1 − p)/(1 − q)) = KL[Bern(p) ‖ Bern(q)]/p (one Bernoulli
+        # KL per trial, 1/p trials on average), a sum of nonnegative terms
         p, q = theta_p[..., 0], theta_q[..., 0]
-        return torch.log(p) - torch.log(q) + (1 - p) / p * (torch.log1p(-p) - torch.log1p(-q))
+        return bernoulli_kl(p, q) / p
+
+    def chi2_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        # Σ_k q²(1−q)^{2k}/(p(1−p)^k) − 1 = d²/(p[(1 − p)(p + 2d) − d²]), d = q − p; +inf where the
+        # series diverges ((1 − q)² ≥ 1 − p ⟺ the bracket ≤ 0)
+        p, q = theta_p[..., 0], theta_q[..., 0]
+        d = q - p
+        den = p * ((1 - p) * (p + 2 * d) - d.square())
+        ok = den > 0
+        return torch.where(ok, d.square() / torch.where(ok, den, torch.ones_like(den)), torch.full_like(den, INF))
 
 
 @register
@@ -130,6 +155,14 @@ class PoissonFamily(Family):
     def fisher_formula(self, theta: Tensor) -> Tensor:
         return (1 / theta).unsqueeze(-1)
 
+    def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        # λp log(λp/λq) − λp + λq = λp·g((λq − λp)/λp)
+        return poisson_kl(theta_p[..., 0], theta_q[..., 0] - theta_p[..., 0])
+
+    def chi2_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        # Σ q²/p = exp((λq − λp)²/λp)
+        return torch.expm1((theta_q[..., 0] - theta_p[..., 0]).square() / theta_p[..., 0])
+
 
 @register
 class NegativeBinomialFamily(Family):
@@ -154,7 +187,17 @@ class NegativeBinomialFamily(Family):
         return (r / (theta * (1 - theta).square())).unsqueeze(-1)
 
     def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
-        return self.bregman_kl(theta_p, theta_q)
+        # r·[−log((1−q)/(1−p)) − (p/(1−p))·log(q/p)] = r·KL[Bern(p) ‖ Bern(q)]/(1 − p)
+        p, q = theta_p[..., 0], theta_q[..., 0]
+        return self.fixed_values["total_count"] * bernoulli_kl(p, q) / (1 - p)
+
+    def chi2_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        # Σ q²/p = [(1−q)²/(1−p)]^r (1 − q²/p)^{−r} = (1 − d²/(p(1−q)²))^{−r}, d = q − p; +inf for q² ≥ p
+        p, q = theta_p[..., 0], theta_q[..., 0]
+        x = (q - p).square() / (p * (1 - q).square())
+        ok = x < 1
+        value = torch.expm1(-self.fixed_values["total_count"] * torch.log1p(-torch.where(ok, x, torch.zeros_like(x))))
+        return torch.where(ok, value, torch.full_like(value, INF))
 
     def natural(self, theta: Tensor) -> Tensor:
         return torch.log(theta)

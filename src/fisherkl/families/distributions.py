@@ -38,7 +38,7 @@ from torch.distributions import (
 )
 from torch.distributions.utils import broadcast_all, lazy_property
 
-from ..special import digamma, lgamma
+from ..special import lgamma
 
 
 class AccurateBernoulli(Bernoulli):
@@ -69,12 +69,6 @@ def log1mexp(x: Tensor) -> Tensor:
     uses expm1(x) + 1, which is 0 for x < −37, so log(−expm1(x)) has derivative 0 there."""
     near = x > -math.log(2)
     return torch.where(near, torch.log(-torch.expm1(torch.where(near, x, -1.0))), torch.log1p(-torch.exp(x)))
-
-
-def bernoulli_kl(p: Tensor, q: Tensor) -> Tensor:
-    """KL[Bernoulli(p) ‖ Bernoulli(q)] = p log(p/q) + (1 − p) log((1 − p)/(1 − q)), in p and q directly
-    (no clamped logits), so that its derivatives stay exact down to the smallest p."""
-    return p * (torch.log(p) - torch.log(q)) + (1 - p) * (torch.log1p(-p) - torch.log1p(-q))
 
 
 class AccurateBinomial(Binomial):
@@ -118,25 +112,6 @@ class AccurateDirichlet(Dirichlet):
         return torch.xlogy(a - 1, value).sum(-1) + lgamma(a.sum(-1)) - lgamma(a).sum(-1)
 
 
-def gamma_kl(ap: Tensor, bp: Tensor, aq: Tensor, bq: Tensor) -> Tensor:
-    """KL[Gamma(ap, bp) ‖ Gamma(aq, bq)] (shape–rate)."""
-    return (
-        (ap - aq) * digamma(ap) - lgamma(ap) + lgamma(aq) + aq * (torch.log(bp) - torch.log(bq)) + ap * (bq - bp) / bp
-    )
-
-
-def dirichlet_kl(ap: Tensor, aq: Tensor) -> Tensor:
-    """KL[Dir(ap) ‖ Dir(aq)] over the last dimension (Beta is the case k = 2)."""
-    sp, sq = ap.sum(-1), aq.sum(-1)
-    return (
-        lgamma(sp)
-        - lgamma(ap).sum(-1)
-        - lgamma(sq)
-        + lgamma(aq).sum(-1)
-        + ((ap - aq) * (digamma(ap) - digamma(sp).unsqueeze(-1))).sum(-1)
-    )
-
-
 class AccurateChi2(Chi2):
     def log_prob(self, value: Tensor) -> Tensor:
         return AccurateGamma.log_prob(self, value)  # type: ignore[arg-type]
@@ -178,30 +153,67 @@ def _poly(coeffs: tuple[float, ...], x: Tensor) -> Tensor:
     return out
 
 
+# A(κ)/κ = I₁(κ)/(κ I₀(κ)) = ½ − κ²/16 + κ⁴/96 − … in κ² (radius 2.405², the first zero of I₀ on the
+# imaginary axis), used below κ = ½ (14 terms: 4e-17 relative): i1e/i0e and its autodiff (1/κ terms
+# that cancel) lose their higher derivatives there, and overflow them at κ ~ 1e-10 in float32
+_A_OVER_KAPPA = (
+    0.5,
+    -0.0625,
+    0.010416666666666666,
+    -0.0017903645833333333,
+    0.00030924479166666665,
+    -5.346227575231481e-05,
+    9.244081204530423e-06,
+    -1.5984294275758127e-06,
+    2.763921574894036e-07,
+    -4.7792356615320695e-08,
+    8.264018237190473e-09,
+    -1.4289732706286064e-09,
+    2.470910112963869e-10,
+    -4.272575926081541e-11,
+)
+_SMALL_KAPPA = 0.5
+
+
 def _split_kappa(kappa: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(mask of large κ, κ safe for the direct branch, 1/κ safe for the series branch)."""
     large = kappa > _LARGE_KAPPA
-    direct = torch.where(large, torch.ones_like(kappa), kappa)
+    direct = torch.where(large | (kappa < _SMALL_KAPPA), torch.ones_like(kappa), kappa)
     inv = 1 / torch.where(large, kappa, torch.full_like(kappa, 2 * _LARGE_KAPPA))
     return large, direct, inv
+
+
+def _small_kappa(kappa: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(mask of small κ, κ safe for the small-κ series, A(κ)/κ by that series)."""
+    small = kappa < _SMALL_KAPPA
+    ks = torch.where(small, kappa, torch.zeros_like(kappa))
+    return small, ks, _poly(_A_OVER_KAPPA, ks.square())
 
 
 def bessel_ratio_complement(kappa: Tensor) -> Tensor:
     """1 − A(κ) = 1 − I₁(κ)/I₀(κ), without cancellation for large κ."""
     large, direct, inv = _split_kappa(kappa)
-    return torch.where(large, _poly(_ONE_MINUS_A, inv), 1 - torch.special.i1e(direct) / torch.special.i0e(direct))
+    small, ks, x = _small_kappa(kappa)
+    mid = 1 - torch.special.i1e(direct) / torch.special.i0e(direct)
+    return torch.where(large, _poly(_ONE_MINUS_A, inv), torch.where(small, 1 - ks * x, mid))
 
 
 def bessel_ratio(kappa: Tensor) -> Tensor:
-    """A(κ) = I₁(κ)/I₀(κ), the mean resultant length of a von Mises distribution."""
-    return 1 - bessel_ratio_complement(kappa)
+    """A(κ) = I₁(κ)/I₀(κ), the mean resultant length of a von Mises distribution (≈ κ/2 near 0)."""
+    large, direct, inv = _split_kappa(kappa)
+    small, ks, x = _small_kappa(kappa)
+    mid = torch.special.i1e(direct) / torch.special.i0e(direct)
+    return torch.where(large, 1 - _poly(_ONE_MINUS_A, inv), torch.where(small, ks * x, mid))
 
 
 def bessel_ratio_derivative(kappa: Tensor) -> Tensor:
-    """A′(κ) = 1 − A/κ − A² = Var(cos(x − μ)) > 0, by its asymptotic series for κ > 50."""
+    """A′(κ) = 1 − A/κ − A² = Var(cos(x − μ)) > 0, by its asymptotic series for κ > 50 and A/κ's
+    series below κ = ½."""
     large, direct, inv = _split_kappa(kappa)
+    small, ks, x = _small_kappa(kappa)
     a = torch.special.i1e(direct) / torch.special.i0e(direct)
-    return torch.where(large, _poly(_A_PRIME, inv), 1 - a / direct - a.square())
+    mid = 1 - a / direct - a.square()
+    return torch.where(large, _poly(_A_PRIME, inv), torch.where(small, 1 - x - (ks * x).square(), mid))
 
 
 class _LogI0e(torch.autograd.Function):
@@ -306,24 +318,77 @@ class AccurateKumaraswamy(Kumaraswamy):
         return torch.log(a) + torch.log(b) + (a - 1) * log_x + (b - 1) * torch.log(-torch.expm1(a * log_x))
 
 
+# A(η) = η/2 + log(sinh(η/2)/(η/2)) and its derivatives, by their Bernoulli-number series
+# (radius 2π) below |η| = 2, where the direct forms cancel: coefficients B₂ₙ/(2n·(2n)!), B₂ₙ/(2n)!
+# and B₂ₙ(2n − 1)/(2n)!
+_CB_SERIES = 2.0
+_CB_A = (
+    0.041666666666666664,
+    -0.00034722222222222224,
+    5.5114638447971785e-06,
+    -1.033399470899471e-07,
+    2.08767569878681e-09,
+    -4.403491782239578e-11,
+    9.55895466477477e-13,
+    -2.1185501852016142e-14,
+    4.770034475709914e-16,
+    -1.087434349279031e-17,
+    2.5040921947091955e-19,
+    -5.814360285755218e-21,
+    1.3595027075497952e-22,
+    -3.1976847953705525e-24,
+    7.559841507792277e-26,
+    -1.7952470840225633e-27,
+)
+_CB_A1 = (
+    0.08333333333333333,
+    -0.001388888888888889,
+    3.306878306878307e-05,
+    -8.267195767195768e-07,
+    2.08767569878681e-08,
+    -5.284190138687493e-10,
+    1.3382536530684679e-11,
+    -3.3896802963225827e-13,
+    8.586062056277845e-15,
+    -2.174868698558062e-16,
+    5.5090028283602295e-18,
+    -1.3954464685812522e-19,
+    3.534707039629467e-21,
+    -8.953517427037546e-23,
+    2.267952452337683e-24,
+    -5.744790668872202e-26,
+)
+_CB_A2 = (0.08333333333333333, -0.004166666666666667, 0.00016534391534391533, -5.787037037037037e-06,
+          1.8789081289081288e-07, -5.812609152556243e-09, 1.7397297489890083e-10, -5.084520444483875e-12,
+          1.4596305495672335e-13, -4.1322505272603176e-15, 1.1568905939556482e-16, -3.2095268777368804e-18,
+          8.836767599073669e-20, -2.4174497053001377e-21, 6.577062111779281e-23, -1.780885107350383e-24)  # fmt: skip
+
+
+def _cb_split(eta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    small = eta.abs() < _CB_SERIES
+    return small, torch.where(small, eta, torch.zeros_like(eta)), torch.where(small, torch.full_like(eta, 3.0), eta)
+
+
 def cb_log_partition(eta: Tensor) -> Tensor:
-    """A(η) = log((e^η − 1)/η) of the continuous Bernoulli, by its series for |η| < 0.01."""
-    small = eta.abs() < 1e-2
-    e = torch.where(small, torch.ones_like(eta), eta)
+    """A(η) = log((e^η − 1)/η) of the continuous Bernoulli."""
+    small, es, e = _cb_split(eta)
     direct = torch.where(e > 0, e + torch.log(-torch.expm1(-e)), torch.log(-torch.expm1(e))) - torch.log(e.abs())
-    e2 = eta.square()
-    series = eta / 2 + e2 / 24 - e2.square() / 2880 + e2.pow(3) / 181440
-    return torch.where(small, series, direct)
+    e2 = es.square()
+    return torch.where(small, es / 2 + e2 * _poly(_CB_A, e2), direct)
+
+
+def cb_log_partition_d1(eta: Tensor) -> Tensor:
+    """A′(η) = 1/(1 − e^{−η}) − 1/η, the mean of x."""
+    small, es, e = _cb_split(eta)
+    direct = -1 / torch.expm1(-e) - 1 / e
+    return torch.where(small, 0.5 + es * _poly(_CB_A1, es.square()), direct)
 
 
 def cb_log_partition_d2(eta: Tensor) -> Tensor:
-    """A″(η) = 1/η² − 1/(4 sinh²(η/2)) (the variance of x), by its series for |η| < 0.01."""
-    small = eta.abs() < 1e-2
-    e = torch.where(small, torch.ones_like(eta), eta)
+    """A″(η) = 1/η² − 1/(4 sinh²(η/2)), the variance of x."""
+    small, es, e = _cb_split(eta)
     direct = 1 / e.square() - 1 / (4 * torch.sinh(e / 2).square())
-    e2 = eta.square()
-    series = 1 / 12 - e2 / 240 + e2.square() / 6048 - e2.pow(3) / 172800
-    return torch.where(small, series, direct)
+    return torch.where(small, _poly(_CB_A2, es.square()), direct)
 
 
 class AccurateContinuousBernoulli(ContinuousBernoulli):

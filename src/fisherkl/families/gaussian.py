@@ -20,6 +20,14 @@ from torch.distributions import Distribution, Independent, LowRankMultivariateNo
 from ..constraints import integer_in, positive, real
 from ..model import Param
 from .base import Family, Fixed, register
+from .closed_divergences import (
+    gaussian_kl,
+    gaussian_log_chi2,
+    gaussian_moment_finite,
+    normal_kl,
+    normal_log_chi2,
+    square_ratio_minus_one,
+)
 
 dimension = integer_in(1, 1024)  # mvn: k + k(k + 1)/2 parameters
 
@@ -77,6 +85,24 @@ class MVNFamily(Family):
         loc, tril = self.split(theta)
         return MultivariateNormal(loc, scale_tril=tril, validate_args=False)
 
+    def _pieces(self, theta_p: Tensor, theta_q: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(L_p, L_q, Σq − Σp, μq − μp), with ΣΔ = D L_qᵀ + L_p Dᵀ from D = L_q − L_p (no cancellation)."""
+        mean_p, l_p = self.split(theta_p)
+        mean_q, l_q = self.split(theta_q)
+        _, d = self.split(theta_q - theta_p)
+        return l_p, l_q, d @ l_q.mT + l_p @ d.mT, mean_q - mean_p
+
+    def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        return gaussian_kl(*self._pieces(theta_p, theta_q))
+
+    def chi2_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        l_p, _, dcov, dmean = self._pieces(theta_p, theta_q)
+        return torch.expm1(gaussian_log_chi2(l_p, dcov, dmean))
+
+    def ratio_moment_finite(self, theta_p: Tensor, theta_q: Tensor, m: int) -> Tensor:
+        l_p, _, dcov, _ = self._pieces(theta_p, theta_q)
+        return gaussian_moment_finite(l_p, dcov, m)
+
     def fisher_formula(self, theta: Tensor) -> Tensor:
         k = self.k
         _, tril = self.split(theta)
@@ -121,6 +147,21 @@ class MVNDiagFamily(Family):
         inv = 1 / theta[..., k:].square()
         return torch.diag_embed(torch.cat([inv, 2 * inv], -1))
 
+    def _columns(self, theta: Tensor) -> tuple[Tensor, Tensor]:
+        k = int(self.fixed_values["k"])
+        return theta[..., :k], theta[..., k:]
+
+    def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        return normal_kl(*self._columns(theta_p), *self._columns(theta_q)).sum(-1)
+
+    def chi2_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        return torch.expm1(normal_log_chi2(*self._columns(theta_p), *self._columns(theta_q)).sum(-1))
+
+    def ratio_moment_finite(self, theta_p: Tensor, theta_q: Tensor, m: int) -> Tensor:
+        # coordinatewise: m/σq² > (m − 1)/σp² ⟺ (σq/σp)² − 1 < 1/(m − 1)
+        eps = square_ratio_minus_one(self._columns(theta_q)[1], self._columns(theta_p)[1])
+        return (eps < 1 / (m - 1)).all(-1)
+
 
 @register
 class LowRankMVNFamily(Family):
@@ -159,6 +200,27 @@ class LowRankMVNFamily(Family):
     def make(self, theta: Tensor) -> Distribution:
         loc, w, d = self.split(theta)
         return LowRankMultivariateNormal(loc, w, d, validate_args=False)
+
+    def _pieces(self, theta_p: Tensor, theta_q: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(L_p, L_q, Σq − Σp, μq − μp) with ΣΔ = ΔW W_qᵀ + W_p ΔWᵀ + diag(ΔD) (no cancellation)."""
+        mean_p, w_p, d_p = self.split(theta_p)
+        mean_q, w_q, d_q = self.split(theta_q)
+        _, dw, dd = self.split(theta_q - theta_p)
+        cov_p = w_p @ w_p.mT + torch.diag_embed(d_p)
+        cov_q = w_q @ w_q.mT + torch.diag_embed(d_q)
+        dcov = dw @ w_q.mT + w_p @ dw.mT + torch.diag_embed(dd)
+        return torch.linalg.cholesky(cov_p), torch.linalg.cholesky(cov_q), dcov, mean_q - mean_p
+
+    def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        return gaussian_kl(*self._pieces(theta_p, theta_q))
+
+    def chi2_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        l_p, _, dcov, dmean = self._pieces(theta_p, theta_q)
+        return torch.expm1(gaussian_log_chi2(l_p, dcov, dmean))
+
+    def ratio_moment_finite(self, theta_p: Tensor, theta_q: Tensor, m: int) -> Tensor:
+        l_p, _, dcov, _ = self._pieces(theta_p, theta_q)
+        return gaussian_moment_finite(l_p, dcov, m)
 
     def fisher_formula(self, theta: Tensor) -> Tensor:
         k, r = self.k, self.rank

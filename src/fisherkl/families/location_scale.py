@@ -14,20 +14,17 @@ from torch.distributions import Cauchy, Distribution, Gumbel, Laplace, LogNormal
 
 from ..constraints import positive, real
 from ..model import Param
-from ..special import lgamma
+from ..special import expm1mx_over_square, log1pmx
 from .base import Family, Fixed, register, split
+from .closed_divergences import normal_kl, normal_log_chi2, weibull_type_kl
 from .distributions import Logistic
 
 EULER_GAMMA = 0.5772156649015329
 
 
-def _psi(z: Tensor) -> Tensor:
-    """ψ(z) = 2(z + e^{−z} − 1)/z² for z ≥ 0 (ψ(0) = 1), by its series below 0.05."""
-    small = z < 0.05
-    zs = torch.where(small, torch.ones_like(z), z)
-    direct = 2 * (zs + torch.expm1(-zs)) / zs.square()
-    series = 1 - z / 3 + z.square() / 12 - z.pow(3) / 60 + z.pow(4) / 360 - z.pow(5) / 2520
-    return torch.where(small, series, direct)
+def exponential_tails_moment(theta_p: Tensor, theta_q: Tensor, m: int) -> Tensor:
+    """E_p[(q/p)^m] < ∞ for densities with tails ∝ e^{−|x|/σ}: m/σq > (m − 1)/σp."""
+    return m * theta_p[..., 1] > (m - 1) * theta_q[..., 1]
 
 
 class LocationScale(Family):
@@ -80,6 +77,12 @@ class NormalFamily(LocationScale):
     def in_natural_domain(self, eta: Tensor) -> Tensor:
         return eta[..., 1] < 0
 
+    def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        return normal_kl(*split(theta_p), *split(theta_q))
+
+    def chi2_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        return torch.expm1(normal_log_chi2(*split(theta_p), *split(theta_q)))
+
 
 @register
 class LogNormalFamily(NormalFamily):
@@ -110,14 +113,17 @@ class LaplaceFamily(LocationScale):
         return Laplace(loc, scale, validate_args=False)
 
     def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
-        # KL = log(σq/σp) + (σp/σq)(1 + g(z)) − 1, z = |μp − μq|/σp, g(z) = z + e^{−z} − 1.
-        # g is written as (Δ/σp)²/2 · ψ(z) with ψ(z) = 2g(z)/z², smooth at 0, so that autodiff
-        # gives the true second derivative at Δ = 0 (torch's form, via |Δ|, gives 0 there).
+        # KL = log(σq/σp) + (σp/σq)(1 + e^{−z} − 1 + z) − 1, z = |μp − μq|/σp
+        #    = g(r − 1) + r·(e^{−z} − 1 + z), r = σp/σq: two nonnegative terms. The second is
+        # z²/2 − z³/6 + … by its series near 0, so autodiff gives the true second derivative at
+        # Δ = 0 (torch's form, via |Δ|, gives 0 there).
         mp, sp = split(theta_p)
         mq, sq = split(theta_q)
         u = (mp - mq) / sp
-        g = 0.5 * u.square() * _psi(u.abs())
-        return torch.log(sq / sp) + (sp / sq) * (1 + g) - 1
+        return log1pmx((sp - sq) / sq) + (sp / sq) * u.square() * expm1mx_over_square(-u.abs())
+
+    def ratio_moment_finite(self, theta_p: Tensor, theta_q: Tensor, m: int) -> Tensor:
+        return exponential_tails_moment(theta_p, theta_q, m)
 
 
 @register
@@ -133,9 +139,14 @@ class CauchyFamily(LocationScale):
 
     def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
         # KL = log[((σp + σq)² + (μp − μq)²) / (4 σp σq)]  (Chyzak & Nielsen 2019)
+        #    = log(1 + [(σp − σq)² + (μp − μq)²] / (4 σp σq))
         mp, sp = split(theta_p)
         mq, sq = split(theta_q)
-        return torch.log(((sp + sq).square() + (mp - mq).square()) / (4 * sp * sq))
+        return torch.log1p(((sp - sq).square() + (mp - mq).square()) / (4 * sp * sq))
+
+    def ratio_moment_finite(self, theta_p: Tensor, theta_q: Tensor, m: int) -> Tensor:
+        # two Cauchy densities have a bounded ratio
+        return torch.ones(torch.broadcast_shapes(theta_p.shape, theta_q.shape)[:-1], dtype=torch.bool)
 
 
 @register
@@ -148,6 +159,9 @@ class LogisticFamily(LocationScale):
     def make(self, theta: Tensor) -> Distribution:
         loc, scale = split(theta)
         return Logistic(loc, scale, validate_args=False)
+
+    def ratio_moment_finite(self, theta_p: Tensor, theta_q: Tensor, m: int) -> Tensor:
+        return exponential_tails_moment(theta_p, theta_q, m)
 
 
 @register
@@ -163,12 +177,18 @@ class GumbelFamily(LocationScale):
 
     def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
         # KL = −log r − (μq − μp)/σq + γr + exp((μq − μp)/σq + log Γ(1 + r)) − (1 + γ), r = σp/σq
-        # (torch's formula, with fisherkl's lgamma so that its Hessian is accurate)
+        # (torch's formula), rearranged into two nonnegative terms (see weibull_type_kl)
         mp, sp = split(theta_p)
         mq, sq = split(theta_q)
-        r = sp / sq
-        shift = (mq - mp) / sq
-        return -torch.log(r) - shift + EULER_GAMMA * r + torch.exp(shift + lgamma(1 + r)) - (1 + EULER_GAMMA)
+        return weibull_type_kl((sp - sq) / sq, (mq - mp) / sq)
+
+    def ratio_moment_finite(self, theta_p: Tensor, theta_q: Tensor, m: int) -> Tensor:
+        # right tail ∝ e^{−x/σ}: m/σq > (m−1)/σp; left tail ∝ exp(−e^{−(x−μ)/σ}): q's must fall faster
+        mp, sp = split(theta_p)
+        mq, sq = split(theta_q)
+        right = m * sp > (m - 1) * sq
+        same = (sq == sp) & (mq - mp > sp * math.log((m - 1) / m))
+        return right & ((sq < sp) | same)
 
 
 @register
@@ -191,3 +211,7 @@ class StudentTFamily(LocationScale):
     def make(self, theta: Tensor) -> Distribution:
         loc, scale = split(theta)
         return StudentT(self.fixed_values["df"], loc, scale, validate_args=False)
+
+    def ratio_moment_finite(self, theta_p: Tensor, theta_q: Tensor, m: int) -> Tensor:
+        # the same polynomial tails: the ratio of the densities is bounded
+        return torch.ones(torch.broadcast_shapes(theta_p.shape, theta_q.shape)[:-1], dtype=torch.bool)

@@ -77,6 +77,13 @@ class NormalMixtureFamily(Family):
 
         return inverse
 
+    def ratio_moment_finite(self, theta_p: Tensor, theta_q: Tensor, m: int) -> Tensor:
+        # the tails are those of the widest component: ∫ q^m p^{1−m} < ∞ iff m/σq² > (m − 1)/σp²
+        # for the widest components (at equality the linear terms of the exponent decide: refused)
+        sp = self.split(theta_p)[2].amax(-1)
+        sq = self.split(theta_q)[2].amax(-1)
+        return m * sp.square() > (m - 1) * sq.square()
+
     def diagnose(self, theta: Tensor, info: Tensor) -> None:
         _, loc, scale = self.split(theta.detach())
         k = self.k

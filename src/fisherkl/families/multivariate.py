@@ -11,9 +11,10 @@ from torch.distributions.transforms import StickBreakingTransform
 
 from ..constraints import count, integer_in, positive, unit_interval
 from ..model import Param
-from ..special import lgamma, trigamma
+from ..special import lgamma, poisson_kl, trigamma
 from .base import Family, Fixed, one_minus_sum, register
-from .distributions import AccurateCategorical, AccurateDirichlet, EnumerableMultinomial, dirichlet_kl
+from .closed_divergences import dirichlet_chi2, dirichlet_kl
+from .distributions import AccurateCategorical, AccurateDirichlet, EnumerableMultinomial
 
 categories = integer_in(2, 2**20)  # a k − 1 parameter model: beyond a million categories, refused
 
@@ -77,9 +78,18 @@ class CategoricalFamily(Family):
         return torch.diag_embed(1 / theta) + ones / last[..., None, None]
 
     def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
-        # Σ p_i (log p_i − log q_i), written without torch's masked in-place writes (vmap-safe).
-        p, q = self.full_probs(theta_p), self.full_probs(theta_q)
-        return torch.sum(torch.xlogy(p, p) - torch.xlogy(p, q), -1)
+        # Σ p_i log(p_i/q_i) = Σ p_i·g((q_i − p_i)/p_i) (the Σ(q_i − p_i) = 0 added), each term ≥ 0
+        # and computed from the differences (the last one is −Σ of the others)
+        p = self.full_probs(theta_p)
+        d = theta_q - theta_p
+        d = torch.cat([d, -d.sum(-1, keepdim=True)], -1)
+        return poisson_kl(p, d).sum(-1)
+
+    def chi2_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        p = self.full_probs(theta_p)
+        d = theta_q - theta_p
+        d = torch.cat([d, -d.sum(-1, keepdim=True)], -1)
+        return (d.square() / p).sum(-1)
 
 
 @register
@@ -106,6 +116,9 @@ class MultinomialFamily(CategoricalFamily):
 
     def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
         return self.n * super().kl_formula(theta_p, theta_q)
+
+    def chi2_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        return torch.expm1(self.n * torch.log1p(super().chi2_formula(theta_p, theta_q)))
 
     def log_partition(self, eta: Tensor) -> Tensor:
         return self.n * super().log_partition(eta)
@@ -149,3 +162,6 @@ class DirichletFamily(Family):
 
     def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
         return dirichlet_kl(theta_p, theta_q)
+
+    def chi2_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        return dirichlet_chi2(theta_p, theta_q)

@@ -46,5 +46,9 @@ class UniformFamily(Family):
     def unconstraining_inverse(self) -> Callable[[Tensor], Tensor]:
         return lambda t: torch.stack([t[..., 0], torch.log(t[..., 1] - t[..., 0])], -1)
 
+    def ratio_moment_finite(self, theta_p: Tensor, theta_q: Tensor, m: int) -> Tensor:
+        # q/p is a constant (or 0) on p's support
+        return torch.ones(torch.broadcast_shapes(theta_p.shape, theta_q.shape)[:-1], dtype=torch.bool)
+
     def make(self, theta: Tensor) -> Distribution:
         return Uniform(theta[..., 0], theta[..., 1], validate_args=False)

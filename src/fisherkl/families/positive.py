@@ -12,7 +12,15 @@ from ..constraints import positive
 from ..model import Param
 from ..special import lgamma, trigamma
 from .base import Family, Fixed, register, scale_symmetry, split, sym2
-from .distributions import AccurateChi2, AccurateGamma, AccurateInverseGamma, AccurateWeibull, gamma_kl
+from .closed_divergences import (
+    gamma_chi2,
+    gamma_kl,
+    reciprocal_square_chi2,
+    scale_kl,
+    square_ratio_minus_one,
+    weibull_type_kl,
+)
+from .distributions import AccurateChi2, AccurateGamma, AccurateInverseGamma, AccurateWeibull
 
 EULER_GAMMA = 0.5772156649015329
 
@@ -48,6 +56,14 @@ class HalfNormalFamily(Family):
     def standard_point(self, theta: Tensor) -> tuple[Tensor, Tensor]:
         return scale_symmetry(theta, 0)
 
+    def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        # log(σq/σp) + σp²/(2σq²) − ½ = ½·g((σp/σq)² − 1)
+        return 0.5 * scale_kl(square_ratio_minus_one(theta_p[..., 0], theta_q[..., 0]))
+
+    def chi2_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        eps = square_ratio_minus_one(theta_q[..., 0], theta_p[..., 0])
+        return torch.expm1(reciprocal_square_chi2(eps, 0.5))
+
 
 @register
 class ExponentialRateFamily(Family):
@@ -79,6 +95,22 @@ class ExponentialRateFamily(Family):
 
     def standard_point(self, theta: Tensor) -> tuple[Tensor, Tensor]:
         return scale_symmetry(theta, 0)  # λx ~ Exponential(1)
+
+    def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        return rate_kl(theta_p[..., 0], theta_q[..., 0])
+
+    def chi2_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        return rate_chi2(theta_p[..., 0], theta_q[..., 0])
+
+
+def rate_kl(lp: Tensor, lq: Tensor) -> Tensor:
+    """KL for p(x) ∝ λ e^{−λ t(x)}: log(λp/λq) + λq/λp − 1 = g((λq − λp)/λp)."""
+    return scale_kl((lq - lp) / lp)
+
+
+def rate_chi2(lp: Tensor, lq: Tensor) -> Tensor:
+    """χ² for p(x) ∝ λ e^{−λ t(x)}: λq²/(λp(2λq − λp)) − 1 = 1/(1 − e²) − 1, e = (λq − λp)/λq."""
+    return torch.expm1(reciprocal_square_chi2((lq - lp) / lq, 1.0))
 
 
 @register
@@ -119,6 +151,9 @@ class GammaFamily(Family):
     def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
         return gamma_kl(*split(theta_p), *split(theta_q))
 
+    def chi2_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        return gamma_chi2(*split(theta_p), *split(theta_q))
+
 
 @register
 class InverseGammaFamily(GammaFamily):
@@ -153,6 +188,10 @@ class Chi2Family(Family):
     def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
         half = torch.full_like(theta_p[..., 0], 0.5)
         return gamma_kl(theta_p[..., 0] / 2, half, theta_q[..., 0] / 2, half)
+
+    def chi2_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        half = torch.full_like(theta_p[..., 0], 0.5)
+        return gamma_chi2(theta_p[..., 0] / 2, half, theta_q[..., 0] / 2, half)
 
     def natural(self, theta: Tensor) -> Tensor:
         return theta / 2 - 1
@@ -193,16 +232,20 @@ class WeibullFamily(Family):
     def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
         # Bauckhage (2013): KL = log(k₁/λ₁^k₁) − log(k₂/λ₂^k₂) + (k₁ − k₂)(log λ₁ − γ/k₁)
         #                        + (λ₁/λ₂)^k₂ Γ(k₂/k₁ + 1) − 1
+        #   = −log r − s − γ(1 − r) + exp(s + log Γ(1 + r)) − 1, r = k₂/k₁, s = k₂ log(λ₁/λ₂),
+        # rearranged into two nonnegative terms (see weibull_type_kl)
         l1, k1 = split(theta_p)
         l2, k2 = split(theta_q)
-        return (
-            torch.log(k1 / k2)
-            - k1 * torch.log(l1)
-            + k2 * torch.log(l2)
-            + (k1 - k2) * (torch.log(l1) - EULER_GAMMA / k1)
-            + torch.exp(k2 * (torch.log(l1) - torch.log(l2)) + lgamma(k2 / k1 + 1))
-            - 1
-        )
+        return weibull_type_kl((k2 - k1) / k1, k2 * torch.log1p((l1 - l2) / l2))
+
+    def ratio_moment_finite(self, theta_p: Tensor, theta_q: Tensor, m: int) -> Tensor:
+        # near 0: x^{m(kq−1) − (m−1)(kp−1)} integrable iff m kq > (m−1) kp; at ∞: exp(−m(x/λq)^kq +
+        # (m−1)(x/λp)^kp) decays iff kq > kp, or kq = kp and m λp^k > (m−1) λq^k
+        l1, k1 = split(theta_p)
+        l2, k2 = split(theta_q)
+        zero = m * k2 > (m - 1) * k1
+        tail = (k2 > k1) | ((k2 == k1) & (math.log(m / (m - 1)) > k1 * (torch.log(l2) - torch.log(l1))))
+        return zero & tail
 
 
 @register
@@ -226,8 +269,13 @@ class RayleighFamily(Family):
         return scale_symmetry(theta, 0)
 
     def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
-        r = theta_p[..., 0] / theta_q[..., 0]
-        return r.square() - 1 - 2 * torch.log(r)
+        # r² − 1 − 2 log r = g(r² − 1), r = σp/σq
+        return scale_kl(square_ratio_minus_one(theta_p[..., 0], theta_q[..., 0]))
+
+    def chi2_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        # ∫q²/p = σp⁴/(σq²(2σp² − σq²)) = 1/(1 − ε²), ε = σq²/σp² − 1
+        eps = square_ratio_minus_one(theta_q[..., 0], theta_p[..., 0])
+        return torch.expm1(reciprocal_square_chi2(eps, 1.0))
 
     def natural(self, theta: Tensor) -> Tensor:
         return -0.5 / theta.square()
@@ -290,9 +338,17 @@ class ParetoFamily(Family):
     def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor | None:
         if self.free_scale:
             return Family.kl_formula(self, theta_p, theta_q)
-        # same support: KL = log(α₁/α₂) + α₂/α₁ − 1
-        r = theta_q[..., 0] / theta_p[..., 0]
-        return r - 1 - torch.log(r)
+        # same support: KL = log(α₁/α₂) + α₂/α₁ − 1 = g((α₂ − α₁)/α₁)
+        return rate_kl(theta_p[..., 0], theta_q[..., 0])
+
+    def chi2_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor | None:
+        if self.free_scale:
+            return None
+        return rate_chi2(theta_p[..., 0], theta_q[..., 0])
+
+    def ratio_moment_finite(self, theta_p: Tensor, theta_q: Tensor, m: int) -> Tensor:
+        # tails x^{−α−1}: ∫ q^m p^{1−m} converges iff m αq > (m − 1) αp (with a free scale too)
+        return m * theta_q[..., -1] > (m - 1) * theta_p[..., -1]
 
     def natural(self, theta: Tensor) -> Tensor | None:
         return None if self.free_scale else -theta - 1

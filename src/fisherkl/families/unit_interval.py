@@ -10,13 +10,14 @@ from ..constraints import positive, unit_interval
 from ..model import Param
 from ..special import lgamma, trigamma
 from .base import Family, register, split, sym2
+from .closed_divergences import cb_kl_delta, dirichlet_chi2, dirichlet_kl
 from .distributions import (
     AccurateBeta,
     AccurateContinuousBernoulli,
     AccurateKumaraswamy,
     cb_log_partition,
+    cb_log_partition_d1,
     cb_log_partition_d2,
-    dirichlet_kl,
 )
 
 
@@ -55,6 +56,9 @@ class BetaFamily(Family):
     def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
         return dirichlet_kl(theta_p, theta_q)
 
+    def chi2_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        return dirichlet_chi2(theta_p, theta_q)
+
 
 @register
 class KumaraswamyFamily(Family):
@@ -71,6 +75,11 @@ class KumaraswamyFamily(Family):
     def make(self, theta: Tensor) -> Distribution:
         a, b = split(theta)
         return AccurateKumaraswamy(a, b, validate_args=False)
+
+    def ratio_moment_finite(self, theta_p: Tensor, theta_q: Tensor, m: int) -> Tensor:
+        # p ∝ x^{a−1} near 0 and ∝ (1 − x)^{b−1} near 1: ∫ q^m p^{1−m} converges iff m·aq > (m−1)·ap
+        # and m·bq > (m−1)·bp
+        return (m * theta_q > (m - 1) * theta_p).all(-1)
 
 
 @register
@@ -94,7 +103,21 @@ class ContinuousBernoulliFamily(Family):
         return (cb_log_partition_d2(eta) / (lam * (1 - lam)).square())[..., None, None]
 
     def kl_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
-        return self.bregman_kl(theta_p, theta_q)
+        eta, d = self._eta_and_difference(theta_p, theta_q)
+        return cb_kl_delta(eta, d, cb_log_partition, cb_log_partition_d1, cb_log_partition_d2)
+
+    def chi2_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor:
+        # log(1 + χ²) = KL[q ‖ p] + KL[q ‖ r], η_r = 2η_q − η_p (always a continuous Bernoulli)
+        eta_q, d = self._eta_and_difference(theta_q, theta_p)
+        parts = (cb_kl_delta(eta_q, s * d, cb_log_partition, cb_log_partition_d1, cb_log_partition_d2) for s in (1, -1))
+        return torch.expm1(sum(parts))
+
+    @staticmethod
+    def _eta_and_difference(theta_a: Tensor, theta_b: Tensor) -> tuple[Tensor, Tensor]:
+        """η_a = logit λ_a and η_b − η_a = log(1 + Δ/λ_a) − log(1 − Δ/(1 − λ_a)), Δ = λ_b − λ_a."""
+        la, lb = theta_a[..., 0], theta_b[..., 0]
+        d = lb - la
+        return torch.logit(la), torch.log1p(d / la) - torch.log1p(-d / (1 - la))
 
     def natural(self, theta: Tensor) -> Tensor:
         return torch.logit(theta)

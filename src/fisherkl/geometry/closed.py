@@ -24,6 +24,9 @@ Calvo & Oller 1991, Costa, Santos & Strapasson 2015):
 * mvn_diag (θ = loc[k], scale[k]): a product of k normal half-planes: √(Σᵢ dᵢ²).
 * gamma with fixed shape α (a user model in the rate β alone): √α·|log(β₁/β₂)| — see
   :func:`gamma_fixed_shape`.
+* vonmises: no closed form, but the geodesic problem is solved in the natural parameters
+  η = κ(cos μ, sin μ), where the metric is analytic on the whole plane and μ's period is built in
+  (locations 2π apart are one point; paths near κ = 0 stay smooth).
 """
 
 from __future__ import annotations
@@ -223,3 +226,46 @@ def _mvn_diag(model: Model, t1: Tensor, t2: Tensor) -> Tensor | None:
         return None
     each = location_scale_distance(t1[..., :k], t1[..., k:], t2[..., :k], t2[..., k:], 1.0, 0.0, 2.0)
     return torch.linalg.vector_norm(each, dim=-1)
+
+
+def vonmises_natural_metric(eta: Tensor) -> Tensor:
+    """Fisher metric of the von Mises family in its natural parameters η = κ(cos μ, sin μ), ``[..., 2, 2]``.
+
+    A(η) = log I₀(|η|), so ∇²A = (A(r)/r)·I + h(r)·ηηᵀ with r = |η|, A = I₁/I₀ and
+    h = (A′(r) − A(r)/r)/r²: analytic on the whole plane (½I at η = 0, the uniform distribution),
+    by its series −1/8 + r²/24 − 11r⁴/1024 below r = 10⁻³.
+    """
+    from ..families.distributions import bessel_ratio, bessel_ratio_derivative
+
+    r2 = eta.square().sum(-1)
+    r = r2.sqrt()
+    small = r < 1e-3
+    rs = torch.where(small, torch.ones_like(r), r)
+    ratio = bessel_ratio(rs)
+    radial = torch.where(small, 0.5 - r2 / 16, ratio / rs)
+    h = torch.where(
+        small, -0.125 + r2 / 24 - 11 * r2.square() / 1024, (bessel_ratio_derivative(rs) - ratio / rs) / rs**2
+    )
+    eye = torch.eye(2, dtype=eta.dtype, device=eta.device)
+    return radial[..., None, None] * eye + h[..., None, None] * eta.unsqueeze(-1) * eta.unsqueeze(-2)
+
+
+@register_distance("vonmises")
+def _vonmises(model: Model, t1: Tensor, t2: Tensor) -> Tensor:
+    """The geodesic problem in η = κ(cos μ, sin μ): the metric is smooth there (also through κ = 0,
+    where (κ, μ) are polar coordinates of a flat point) and μ's period 2π is built in, so locations 2π
+    apart are the same point. Solved by :func:`~fisherkl.geometry.solver.solve_geodesic`."""
+    from .solver import solve_geodesic
+
+    def natural(t: Tensor) -> Tensor:
+        mu, kappa = t[..., 0], t[..., 1]
+        return torch.stack([kappa * torch.cos(mu), kappa * torch.sin(mu)], -1)
+
+    shape = t1.shape[:-1]
+    t1, t2 = t1.detach(), t2.detach()
+    # the location of θ₂ nearest θ₁'s (so that locations 2π apart give the same η to the last bit)
+    gap = t2[..., 0] - t1[..., 0]
+    gap = gap - 2 * math.pi * torch.round(gap / (2 * math.pi))
+    t2 = torch.stack([t1[..., 0] + gap, t2[..., 1]], -1)
+    eta1, eta2 = natural(t1).reshape(-1, 2), natural(t2).reshape(-1, 2)
+    return solve_geodesic(vonmises_natural_metric, eta1, eta2).length.reshape(shape)

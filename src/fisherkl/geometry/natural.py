@@ -112,7 +112,10 @@ def kl_step(fisher: Any, grad: Vector, max_kl: float, damping: float = 0.0) -> V
     x = natural_gradient(fisher, grad, damping)
     curvature = _quad(fisher, x)
     if bool((curvature < 0).any()):
-        raise FisherKLError(f"the Fisher matrix is not positive semi-definite: xᵀFx = {float(curvature.min()):.3g} < 0")
+        raise FisherKLError(
+            f"xᵀFx = {float(curvature.min()):.3g} < 0 for x = (F + damping·I)⁻¹g: the Fisher matrix is not positive "
+            "semi-definite, or too ill-conditioned for this solve; pass damping > 0"
+        )
     safe = torch.where(curvature > 0, curvature, torch.ones_like(curvature))
     coeff = torch.where(curvature > 0, -torch.sqrt(2 * eps / safe), torch.zeros_like(curvature))
     return _scale(x, coeff)

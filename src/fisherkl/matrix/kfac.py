@@ -181,12 +181,37 @@ class _Kronecker(FisherMatrix):
         return self._apply(v, lambda s: s)
 
     def _solve(self, b: Tensor, damping: float, rtol: float | None, max_iter: int | None) -> Tensor:
-        mins = [float(self._basis(k)[2].min()) for k in self.blocks]
-        if self.rest:
-            mins.append(float(self.rest_diag.min()))
-        if min(mins) + damping <= 0:
-            raise FisherKLError(f"solve: {type(self).__name__} is singular; pass damping > 0")
+        self._refuse_singular(damping)
         return self._apply(b, lambda s: 1.0 / (s + damping))
+
+    def _refuse_singular(self, damping: float) -> None:
+        """FisherKLError naming the blocks where F + damping·I is numerically singular.
+
+        As for a dense matrix: an eigenvalue s + damping ≤ n·ε·(largest + damping) is a null direction
+        (n the block's size; the Kronecker eigenvalues λ_G·λ_A carry rounding of that order).
+        """
+        eps = torch.finfo(self.dtype).eps
+        null = []
+        for blk in self.blocks:
+            s = self._basis(blk)[2]
+            top = float(s.max()) + damping
+            count = int((s + damping <= s.numel() * eps * max(top, 0.0)).sum()) if top > 0 else s.numel()
+            if count:
+                what = blk.weight + (f" + {blk.bias}" if blk.bias else "")
+                null.append(f"{what} ({count} of {s.numel()} directions)")
+        if self.rest:
+            top = float(self.rest_diag.max()) + damping
+            zero = self.rest_diag + damping <= eps * max(top, 0.0) if top > 0 else torch.ones_like(self.rest_diag) > 0
+            if bool(zero.any()):
+                owners = [n for n in self.rest for _ in range(self.layout.slice(n).stop - self.layout.slice(n).start)]
+                hit = sorted({owners[j] for j in zero.nonzero()[:, 0].tolist()})
+                null.append(f"{', '.join(hit)} (diagonal)")
+        if null:
+            raise FisherKLError(
+                f"solve: {type(self).__name__} + {damping:g}·I is singular: null directions in {'; '.join(null)}; "
+                "these parameters do not change the model's outputs on the data (or too few examples "
+                "reached them) — pass damping > 0"
+            )
 
     def _diag(self) -> Tensor:
         out = torch.empty(self.p, 1, dtype=self.dtype, device=self.device)

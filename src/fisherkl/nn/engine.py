@@ -34,7 +34,7 @@ from ..errors import FisherKLError, ParameterError, RouteError
 from ..matrix.layout import ParamLayout
 from .batch import Adapter, Batch, get_adapter
 from .heads import Head
-from .passes import fisher_passes, unwrap
+from .passes import fisher_passes, unwrap, vjp
 from .rows import KINDS, Rows
 from .rules import Call, GenericRule, Rule, flat_tensors, rule_class
 from .rules.network import NetworkRule
@@ -379,6 +379,22 @@ class Engine:
         """The mode recording linear uses of parameters outside their modules (none for a plain Sequential)."""
         return contextlib.nullcontext() if self.separable else ParameterUses(self)
 
+    def example_bytes(self, batch: Batch) -> int:
+        """Bytes of the recorded layer outputs and the network outputs per example (a forward on ``batch``,
+        without gradients kept)."""
+        batch = batch.to(self.params[0])
+        saved, self.calls = self.calls, {}
+        self.n, self.recording, self._mode = batch.n, True, "probe"
+        try:
+            with self, torch.enable_grad(), self._uses():
+                out = self.adapter.outputs(self.adapter.call(self.net, batch))
+                total = sum(o.numel() * o.element_size() for cs in self.calls.values() for c in cs for o in c.outs)
+                total += out.numel() * out.element_size()
+        finally:
+            self.calls, self.recording, self._mode = saved, False, "main"
+            self._probe = {}
+        return total // max(1, batch.n)
+
     def backward(self, out: Tensor, rows: Tensor, keep_graph: bool = False) -> None:
         """Backpropagate cotangent rows ``[k, n, *P, C]`` to every recorded output, one pass per row through the
         activations only (this beats a vmapped backward, which falls back to a loop for convolutions and
@@ -392,7 +408,7 @@ class Engine:
         if targets:
             for r in range(k):
                 keep = keep_graph or r < k - 1
-                gs = torch.autograd.grad(out, targets, rows[r], retain_graph=keep, materialize_grads=True)
+                gs = vjp(out, targets, rows[r], retain_graph=keep, materialize_grads=True)
                 for lst, g in zip(per_out, gs):
                     lst.append(g)
         at = 0
@@ -446,7 +462,7 @@ class Engine:
             gen = torch.Generator(device=out.device).manual_seed(12345)
             e = torch.randn(out.shape, dtype=out.dtype, device=out.device, generator=gen)
             k = len(self.params)
-            both = torch.autograd.grad(out, self.params + targets, e, allow_unused=True)
+            both = vjp(out, self.params + targets, e, allow_unused=True)
             want, at = both[:k], k
             for c in calls:
                 gs = [torch.zeros_like(o) if g is None else g for o, g in zip(c.outs, both[at : at + len(c.outs)])]

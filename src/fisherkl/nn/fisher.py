@@ -23,7 +23,7 @@ from ..matrix import Dense, FisherMatrix, Implicit, lowrank_of
 from ..matrix.base import DenseTooLargeError, all_reduce_sums, check_dense_fits, require_process_group
 from .batch import Adapter
 from .checkpoint import Checkpoint, batch_digest, net_digest, rank_path
-from .data import is_reiterable, n_batches, progress_bar, seed_generator
+from .data import dataset_size, is_reiterable, iter_raw, n_batches, progress_bar, seed_generator
 from .distributed import broadcast_int, indexed_batches, rank_world, reduce_stat, shard_mode
 from .engine import KINDS, Engine
 from .heads import Head, get_head
@@ -43,7 +43,7 @@ def fisher(
     mc_samples: int = 1,
     rank: int = 10,
     kfac_mode: str = "expand",
-    batch_size: int = 256,
+    batch_size: int | None = None,
     progress: bool | None = None,
     generator: torch.Generator | None = None,
     seed: int | None = None,
@@ -72,6 +72,7 @@ def fisher(
         module (a tied head ``F.linear(h, emb.weight)``) by torch.func on the whole network.
     data:
         A DataLoader or any iterable of batches, or a whole data set cut into batches of ``batch_size``
+        (default: as many examples as keep one batch's activations under 1 GiB, measured on two examples)
         (a tensor x, a tuple of tensors (x, y), a dict of tensors). A batch is x, ``(inputs, y)`` with
         inputs a tensor, tuple or dict, or a dict such as a HuggingFace batch (see ``adapter``).
         Streamed: memory does not grow with N.
@@ -154,6 +155,8 @@ def fisher(
     h = get_head(head)
     engine = Engine(net, check=check, adapter=adapter, stat_dtype=stat_dtype)
     net = engine.net
+    if batch_size is None:
+        batch_size = auto_batch_size(engine, data)
     layout = engine.layout
     my_rank, world = rank_world(group) if distributed else (0, 1)
     mode = shard_mode(data, world, shard)
@@ -379,6 +382,21 @@ class _Counted:
         for g, raw in self.source():
             self.current["index"] = g
             yield raw
+
+
+AUTO_BATCH_BYTES = 1024**3
+
+
+def auto_batch_size(engine: Engine, data: Any) -> int:
+    """Examples per batch for a whole data set: one batch's recorded activations under ``AUTO_BATCH_BYTES``
+    (measured by a forward of two examples); larger batches amortise the per-batch passes. For an iterable
+    of batches (a DataLoader) the batches are the data's own and this is not used."""
+    size = dataset_size(data)
+    if size is None:
+        return 256
+    first = next(iter(iter_raw(data, 2)))
+    per = engine.example_bytes(engine.adapter.batch(first))
+    return max(1, min(size, AUTO_BATCH_BYTES // max(1, per)))
 
 
 def gen_for_index(kind: str, base: int, engine: Engine) -> Any:

@@ -23,7 +23,7 @@ from .batch import Adapter
 from .data import iter_raw
 from .heads import Head
 from .params import preserved_parameters
-from .passes import fisher_passes
+from .passes import fisher_passes, vjp
 from .rows import Rows
 
 
@@ -77,9 +77,7 @@ def fisher_mm_sums(
                                 e = Rows(head, fs, labels, mask, kind, mc_samples, gen_for(index)).e
                             dots = (e * u).reshape(e.shape[0], e.shape[1], -1).sum(-1)  # [S, n]
                             w = (e * dots.reshape(*dots.shape, *([1] * (e.ndim - 2)))).sum(0)
-                        grads = torch.autograd.grad(
-                            f, list(leaves.values()), w.to(f.dtype), allow_unused=True, materialize_grads=True
-                        )
+                        grads = vjp(f, list(leaves.values()), w.to(f.dtype), allow_unused=True, materialize_grads=True)
                     out[:, j] += torch.cat([g.reshape(-1) for g in grads]).to(v.dtype)
                 assert f is not None
                 if positions == "sum":

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 def unwrap(net: nn.Module) -> nn.Module:
@@ -43,4 +44,16 @@ def fisher_passes(math_attention: bool = False) -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(old)
 
 
-__all__ = ["fisher_passes", "unwrap"]
+def vjp(
+    outputs: Tensor | Sequence[Tensor], inputs: Sequence[Tensor], cotangents: Tensor | Sequence[Tensor], **kw: Any
+) -> tuple[Tensor | None, ...]:
+    """``torch.autograd.grad(outputs, inputs, cotangents)`` as the gradient of the scalar Σ ⟨outputᵢ, cotangentᵢ⟩:
+    the same numbers, without the shape check for explicit ``grad_outputs`` that makes the first call of a
+    fresh process import sympy (about a second)."""
+    outs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
+    cots = [cotangents] if isinstance(cotangents, Tensor) else list(cotangents)
+    total = sum(((o * c).sum() for o, c in zip(outs[1:], cots[1:])), (outs[0] * cots[0]).sum())
+    return torch.autograd.grad(total, inputs, **kw)
+
+
+__all__ = ["fisher_passes", "unwrap", "vjp"]

@@ -56,27 +56,23 @@ class ConvRule(PartsRule):
             for j in range(groups)
         ]
 
-    def padded(self, call: Call) -> Tensor:
-        """The layer's input padded as its forward pads it ``[n, c, *spatial]``."""
-        if "padded" not in call.cache:
-            m: nn.modules.conv._ConvNd = self.module  # type: ignore[assignment]
-            x = call.arg(0)
-            pad = m._reversed_padding_repeated_twice
-            if any(pad):
-                x = F.pad(x, pad) if m.padding_mode == "zeros" else F.pad(x, pad, mode=m.padding_mode)
-            call.cache["padded"] = x
-        return call.cache["padded"]
+    def padded(self, call: Call, sl: slice) -> Tensor:
+        """The layer's input for examples ``sl``, padded as its forward pads it ``[m, c, *spatial]``."""
+        m: nn.modules.conv._ConvNd = self.module  # type: ignore[assignment]
+        x = call.arg(0)[sl]
+        pad = m._reversed_padding_repeated_twice
+        if any(pad):
+            x = F.pad(x, pad) if m.padding_mode == "zeros" else F.pad(x, pad, mode=m.padding_mode)
+        return x
 
     def _a_of(self, j: int, cg: int) -> object:
-        def a_of(call: Call) -> Tensor:
-            key = f"at{j}"
-            if key not in call.cache:
-                m: nn.modules.conv._ConvNd = self.module  # type: ignore[assignment]
-                x = self.padded(call)
-                if m.groups > 1:
-                    x = x[:, j * cg : (j + 1) * cg]
-                call.cache[key] = unfold(x, tuple(m.kernel_size), tuple(m.stride), tuple(m.dilation))
-            return call.cache[key]
+        def a_of(call: Call, sl: slice = slice(None)) -> Tensor:
+            # unfolded per chunk of examples, never kept for the whole batch (it is Πk times the input)
+            m: nn.modules.conv._ConvNd = self.module  # type: ignore[assignment]
+            x = self.padded(call, sl)
+            if m.groups > 1:
+                x = x[:, j * cg : (j + 1) * cg]
+            return unfold(x, tuple(m.kernel_size), tuple(m.stride), tuple(m.dilation))
 
         return a_of
 

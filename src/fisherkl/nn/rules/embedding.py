@@ -24,11 +24,11 @@ class EmbeddingRule(PartsRule):
         v, d = int(w.shape[0]), int(w.shape[1])
         pad = module.padding_idx
 
-        def a_of(call: Call) -> Tensor:
+        def a_of(call: Call, sl: slice = slice(None)) -> Tensor:
             if "idx" not in call.cache:
                 x = call.arg(0)
                 call.cache["idx"] = x.reshape(x.shape[0], -1).long()
-            return call.cache["idx"]
+            return call.cache["idx"][sl]
 
         def g_of(call: Call, g: Tensor) -> Tensor:  # [R, n, *, d] → [R, n, d, T]
             gt = g.reshape(g.shape[0], g.shape[1], -1, d).transpose(-1, -2)

@@ -18,6 +18,7 @@ from torch.func import functional_call, vjp, vmap
 
 from ..params import preserved_parameters
 from ..passes import fisher_passes
+from ..passes import vjp as autograd_vjp
 from .base import Call, Rule, flat_tensors
 
 
@@ -108,7 +109,7 @@ def example_grads(
             outs = outputs(leaves, a1, k1)
         for r in range(rows):
             cots = [cot(g[r, i], d, 0).to(o.dtype) for g, d, o in zip(gs, out_dims, outs)]
-            got = torch.autograd.grad(outs, list(leaves.values()), cots, retain_graph=r < rows - 1, allow_unused=True)
+            got = autograd_vjp(outs, list(leaves.values()), cots, retain_graph=r < rows - 1, allow_unused=True)
             for (k, leaf), gk in zip(leaves.items(), got):
                 out[k][r].append(torch.zeros_like(leaf) if gk is None else gk)
     return {k: torch.stack([torch.stack(per) for per in v]).to(dtype) for k, v in out.items()}

@@ -19,6 +19,9 @@ from torch import Tensor, nn
 
 from .base import Call, Rule, register
 
+ALL = slice(None)
+CHUNK_BYTES = 64 * 1024**2  # inputs of one chunk of examples (convolutions unfold them)
+
 
 class LinearPart:
     """One weight-sharing linear map inside a rule's calls (see the module doc).
@@ -26,7 +29,8 @@ class LinearPart:
     ``weight`` / ``bias``: layout names (``weight`` None when the weight is frozen: no Kronecker factors);
     ``shape``: the stored weight's shape; the map uses rows ``rows`` (a range along d_out, or None for all)
     of the weight read as ``[d_out, d_in]`` (``[d_in, d_out]`` when ``transposed``: embeddings,
-    HuggingFace Conv1D). ``a_of(call)`` → aᵀ ``[n, d_in, T]`` (indices ``[n, T]`` when ``index_input``);
+    HuggingFace Conv1D). ``a_of(call, sl)`` → aᵀ ``[m, d_in, T]`` of the examples ``sl`` (indices ``[m, T]``
+    when ``index_input``; convolutions unfold only those examples, so memory stays bounded);
     ``g_of(call, grad)`` maps gradients of the call's output ``out`` (``[R, n, *]``, batch first) to gᵀ
     ``[R, n, d_out, T]``. The bias uses entries ``bias_rows`` of a bias of length ``bias_len`` (default: the
     weight's rows).
@@ -39,7 +43,7 @@ class LinearPart:
         shape: tuple[int, ...],
         d_out: int,
         d_in: int,
-        a_of: Callable[[Call], Tensor],
+        a_of: Callable[[Call, slice], Tensor],
         g_of: Callable[[Call, Tensor], Tensor],
         out: int = 0,
         rows: tuple[int, int] | None = None,
@@ -70,10 +74,20 @@ class LinearPart:
         return f"LinearPart({self.weight}{rows}, [{self.d_out}, {self.d_in}])"
 
     # --- views -------------------------------------------------------------------------------------------
-    def at(self, calls: list[Call]) -> Tensor:
-        """aᵀ ``[n, d_in, T]`` (indices ``[n, T]``), positions of all calls concatenated."""
-        parts = [self.a_of(c) for c in calls]
+    def at(self, calls: list[Call], sl: slice = ALL) -> Tensor:
+        """aᵀ ``[m, d_in, T]`` (indices ``[m, T]``) of the examples ``sl``, positions of all calls concatenated."""
+        parts = [self.a_of(c, sl) for c in calls]
         return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
+
+    def chunks(self, calls: list[Call], limit: int | None = None) -> list[slice]:
+        """Example slices whose inputs aᵀ stay under ``CHUNK_BYTES`` (and ``limit`` examples)."""
+        n = calls[0].n
+        key = f"chunk:{id(self)}"
+        if key not in calls[0].cache:
+            one = self.at(calls, slice(0, 1))
+            calls[0].cache[key] = max(1, CHUNK_BYTES // max(1, one.numel() * one.element_size()))
+        step = calls[0].cache[key] if limit is None else max(1, min(limit, calls[0].cache[key]))
+        return [slice(i, min(n, i + step)) for i in range(0, n, step)]
 
     def gt(self, calls: list[Call]) -> Tensor:
         """gᵀ ``[R, n, d_out, T]``, positions of all calls concatenated."""
@@ -112,12 +126,12 @@ class LinearPart:
         gt = self.gt(calls)[:, sl]
         b = gt.sum(-1) if self.has_bias else None
         if self.index_input:
-            idx = self.at(calls)[sl]  # [m, T]
+            idx = self.at(calls, sl)  # [m, T]
             r, m = gt.shape[0], gt.shape[1]
             w = gt.new_zeros(r, m, self.d_in, self.d_out)
             w.scatter_add_(2, idx[None, :, :, None].expand(r, m, -1, self.d_out), gt.transpose(-1, -2))
             return w.transpose(-1, -2), b
-        at = self.at(calls)[sl]
+        at = self.at(calls, sl)
         if at.shape[-1] == 1:  # outer products, all rows at once
             w = gt * at.transpose(1, 2).unsqueeze(0)
         elif gt.shape[0] == 1:
@@ -132,15 +146,15 @@ class LinearPart:
         sb = gt.sum(-1).square_().sum((0, 1)) if self.has_bias else None
         if self.index_input:
             return self._sq_sum_index(self.at(calls), gt), sb
-        at = self.at(calls)
-        if at.shape[-1] == 1:  # no weight sharing: Σ g² a² without per-example gradients
+        if gt.shape[-1] == 1:  # no weight sharing: Σ g² a² without per-example gradients
+            at = self.at(calls)
             g2 = gt[..., 0].square().sum(0)  # [n, d_out]
             return g2.T @ at[..., 0].square(), sb
-        sw = torch.zeros(self.d_out, self.d_in, dtype=at.dtype, device=at.device)
-        chunk = max(1, chunk * gt.shape[0])  # the caller's chunk counts R rows per example
-        for i in range(0, at.shape[0], chunk):
+        sw = torch.zeros(self.d_out, self.d_in, dtype=gt.dtype, device=gt.device)
+        for sl in self.chunks(calls, max(1, chunk * gt.shape[0])):  # the caller's chunk counts R rows per example
+            at = self.at(calls, sl)
             for r in range(gt.shape[0]):
-                sw += _weight_pe(gt[r, i : i + chunk], at[i : i + chunk]).square_().sum(0)
+                sw += _weight_pe(gt[r, sl], at).square_().sum(0)
         return sw, sb
 
     def _sq_sum_index(self, idx: Tensor, gt: Tensor) -> Tensor:
@@ -156,16 +170,24 @@ class LinearPart:
         """(Σ â âᵀ, number of rows summed) over examples and positions (expand) or of the position-mean
         â per example (reduce). For a one-hot input A is diagonal and returned as its diagonal ``[d_in]``
         (reduce: the diagonal of the position-mean factor; its off-diagonal co-occurrences are dropped)."""
-        at = self.at(calls)
         if self.index_input:
+            at = self.at(calls)
             n, t = at.shape
             if mode == "reduce":
                 counts = torch.zeros(n, self.d_in, dtype=torch.float64, device=at.device)
                 counts.scatter_add_(1, at, torch.ones_like(at, dtype=torch.float64))
                 return (counts / t).square().sum(0).to(self._dtype(calls)), n
             return torch.bincount(at.reshape(-1), minlength=self.d_in).to(self._dtype(calls)), n * t
-        at2 = at.mean(-1).T if mode == "reduce" else at.transpose(0, 1).reshape(self.d_in, -1)
-        return _gram_hat(at2, self.has_bias), at2.shape[1]
+        total: Tensor | None = None
+        rows = 0
+        for sl in self.chunks(calls):
+            at = self.at(calls, sl)
+            at2 = at.mean(-1).T if mode == "reduce" else at.transpose(0, 1).reshape(self.d_in, -1)
+            part = _gram_hat(at2, self.has_bias)
+            total = part if total is None else total + part
+            rows += at2.shape[1]
+        assert total is not None
+        return total, rows
 
     def _dtype(self, calls: list[Call]) -> torch.dtype:
         return calls[0].rows[self.out][0].dtype
@@ -189,17 +211,18 @@ class LinearPart:
             out = g.new_zeros(self.d_in, self.d_out)
             out.index_add_(0, uniq, seg.square().sum(0))
             return out.T
-        a = self.at(calls).transpose(1, 2)
-        if self.has_bias:
-            a = torch.cat([a, a.new_ones((*a.shape[:-1], 1))], -1)
-        if qa is not None:
-            a = a @ qa  # [n, T, width]
-        if a.shape[1] == 1:
-            return ((g[:, :, 0] ** 2).sum(0)).T @ (a[:, 0] ** 2)
-        out = torch.zeros(self.d_out, a.shape[-1], dtype=a.dtype, device=a.device)
-        for i in range(0, a.shape[0], chunk):
+        out = torch.zeros(self.d_out, self.width, dtype=g.dtype, device=g.device)
+        for sl in self.chunks(calls, chunk):
+            a = self.at(calls, sl).transpose(1, 2)
+            if self.has_bias:
+                a = torch.cat([a, a.new_ones((*a.shape[:-1], 1))], -1)
+            if qa is not None:
+                a = a @ qa  # [m, T, width]
+            if a.shape[1] == 1:
+                out += ((g[:, sl, 0] ** 2).sum(0)).T @ (a[:, 0] ** 2)
+                continue
             for r in range(g.shape[0]):
-                out += torch.bmm(g[r, i : i + chunk].transpose(1, 2), a[i : i + chunk]).square_().sum(0)
+                out += torch.bmm(g[r, sl].transpose(1, 2), a).square_().sum(0)
         return out
 
 
@@ -294,12 +317,12 @@ def positions_views(d_in: int, d_out: int, arg: int = 0, out: int = 0) -> tuple[
     """(a_of, g_of, out) for a map applied to the last dimension of input ``arg`` ``[n, *, d_in]`` giving
     output ``out`` ``[n, *, d_out]`` (the positions * share the weight)."""
 
-    def a_of(call: Call) -> Tensor:
+    def a_of(call: Call, sl: slice = ALL) -> Tensor:
         key = f"at{arg}"
         if key not in call.cache:
             x = call.arg(arg)
             call.cache[key] = x.reshape(x.shape[0], -1, d_in).transpose(1, 2)
-        return call.cache[key]
+        return call.cache[key][sl]
 
     def g_of(call: Call, g: Tensor) -> Tensor:
         return g.reshape(g.shape[0], g.shape[1], -1, d_out).transpose(-1, -2)
