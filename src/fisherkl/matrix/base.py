@@ -306,13 +306,36 @@ class FisherMatrix(ABC):
         ``fisherkl.nn.fisher(..., distributed=True)``, which reduces the KFAC factors first); LowRank
         and Implicit refuse (see docs/distributed.md). Idempotent: reducing twice changes nothing.
         """
+        if type(self).__name__ == "LowRank":
+            self._all_reduce(group)  # refused, with its reason
         if self.n_examples is None:
             raise FisherKLError(
                 f"{type(self).__name__}.all_reduce needs the number of examples behind this mean "
                 "(n_examples); reduce the Fisher as returned by fisherkl.nn.fisher, before scaling or adding"
             )
+        agree(self._fingerprint(), group, f"{type(self).__name__}.all_reduce")
         self._all_reduce(group)
         return self
+
+    def _fingerprint(self) -> dict[str, Any]:
+        """What every rank's matrix must share to be averaged: type, dtype, layout, the structure of its
+        state (tensor shapes), and the network it came from when known (``source``)."""
+
+        def shapes(obj: Any) -> Any:
+            if isinstance(obj, Tensor):
+                return tuple(obj.shape)
+            if isinstance(obj, Mapping):
+                return {k: shapes(v) for k, v in obj.items() if k not in ("n_examples", "row_counts")}
+            if isinstance(obj, (list, tuple)):
+                return [shapes(v) for v in obj]
+            return obj
+
+        return {
+            "type": type(self).__name__,
+            "dtype": str(self.dtype),
+            "structure": repr(shapes(self.state_dict())),
+            "network": getattr(self, "source", None),
+        }
 
     def _all_reduce(self, group: Any) -> None:
         """Generic reduction through the state dict: every stored tensor is a mean over the examples
@@ -439,6 +462,25 @@ def require_process_group(group: Any = None) -> Any:
             "(e.g. under torchrun) first"
         )
     return dist
+
+
+def agree(fingerprint: Mapping[str, Any], group: Any, what: str) -> None:
+    """Raise the same :class:`FisherKLError` on every rank of ``group`` unless all hold the same ``fingerprint``
+    (one ``all_gather_object``): ranks that disagree — another network, kind, representation, batch size,
+    dtype — would otherwise give every rank the same wrong matrix, or abort inside the backend."""
+    dist = require_process_group(group)
+    got: list[Any] = [None] * int(dist.get_world_size(group))
+    dist.all_gather_object(got, dict(fingerprint), group=group)
+    keys = sorted(set().union(*(g.keys() for g in got)))
+    diff = [k for k in keys if len({repr(g.get(k)) for g in got}) > 1]
+    if diff:
+        details = "; ".join(
+            f"{k}: " + ", ".join(f"rank {r} {str(g.get(k))[:48]}" for r, g in enumerate(got)) for k in diff[:3]
+        )
+        raise FisherKLError(
+            f"{what}: the ranks disagree on {', '.join(diff)} ({details}); every rank must call it with the same "
+            "network, arguments and representation"
+        )
 
 
 def all_reduce_sums(tensors: list[Tensor], counts: list[int], group: Any = None) -> tuple[list[Tensor], list[int]]:
