@@ -318,7 +318,7 @@ def prepare(make: Callable[..., Fn | None], *args: object) -> Fn | str | None:
             return None
         f()  # warm-up, and the first call's errors
         return f
-    except Exception as exc:  # noqa: BLE001 - a peer that fails on a model gets its error in the table
+    except Exception as exc:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:60]}" if str(exc) else type(exc).__name__
 
 
