@@ -45,12 +45,13 @@ class LinearPart:
         d_in: int,
         a_of: Callable[[Call, slice], Tensor],
         g_of: Callable[[Call, Tensor], Tensor],
-        out: int = 0,
+        out: int | slice = 0,
         rows: tuple[int, int] | None = None,
         transposed: bool = False,
         index_input: bool = False,
         bias_rows: tuple[int, int] | None = None,
         bias_len: int | None = None,
+        role: Any = None,
     ) -> None:
         self.weight, self.bias, self.shape = weight, bias, tuple(shape)
         self.d_out, self.d_in = d_out, d_in
@@ -59,6 +60,7 @@ class LinearPart:
         total = self.shape[1] if transposed else self.shape[0]  # the stored weight's rows along d_out
         self.bias_rows = rows if bias_rows is None else bias_rows
         self.bias_len = total if bias_len is None else bias_len
+        self.role = role  # calls with cache["role"] == role are this map's (None: every call of the rule)
 
     @property
     def has_bias(self) -> bool:
@@ -74,13 +76,18 @@ class LinearPart:
         return f"LinearPart({self.weight}{rows}, [{self.d_out}, {self.d_in}])"
 
     # --- views -------------------------------------------------------------------------------------------
+    def mine(self, calls: list[Call]) -> list[Call]:
+        """The calls this map reads (a rule with several maps over different calls tags them with a role)."""
+        return calls if self.role is None else [c for c in calls if c.cache.get("role") == self.role]
+
     def at(self, calls: list[Call], sl: slice = ALL) -> Tensor:
         """aᵀ ``[m, d_in, T]`` (indices ``[m, T]``) of the examples ``sl``, positions of all calls concatenated."""
-        parts = [self.a_of(c, sl) for c in calls]
+        parts = [self.a_of(c, sl) for c in self.mine(calls)]
         return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
 
     def chunks(self, calls: list[Call], limit: int | None = None) -> list[slice]:
         """Example slices whose inputs aᵀ stay under ``CHUNK_BYTES`` (and ``limit`` examples)."""
+        calls = self.mine(calls)
         n = calls[0].n
         key = f"chunk:{id(self)}"
         if key not in calls[0].cache:
@@ -91,11 +98,13 @@ class LinearPart:
 
     def gt(self, calls: list[Call]) -> Tensor:
         """gᵀ ``[R, n, d_out, T]``, positions of all calls concatenated."""
-        parts = [self.g_of(c, c.grads[self.out]) for c in calls]
+        parts = [self.g_of(c, c.grads[self.out]) for c in self.mine(calls)]
         return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
 
     def gt_row(self, call: Call, r: int) -> Tensor:
         """gᵀ ``[n, d_out, T]`` of cotangent row r of one call (no stacking)."""
+        if isinstance(self.out, slice):  # one output per position (a recurrent step)
+            return self.g_of(call, [rows[r].unsqueeze(0) for rows in call.rows[self.out]])[0]
         return self.g_of(call, call.rows[self.out][r].unsqueeze(0))[0]
 
     # --- assembling parameter-shaped results ------------------------------------------------------------
@@ -190,12 +199,13 @@ class LinearPart:
         return total, rows
 
     def _dtype(self, calls: list[Call]) -> torch.dtype:
-        return calls[0].rows[self.out][0].dtype
+        return self.gt_row(self.mine(calls)[0], 0).dtype
 
     def kfac_g(self, calls: list[Call], mode: str) -> Tensor:
         """Σ g gᵀ over rows r, examples and positions (expand) or of the position-sum g (reduce)."""
-        if len(calls) == 1 and mode == "expand":  # row by row: no stacked copy of the gradients
-            return sum(_g_gram(self.gt_row(calls[0], r)[None], self.d_out) for r in range(calls[0].n_rows))  # type: ignore[return-value]
+        own = self.mine(calls)
+        if len(own) == 1 and mode == "expand":  # row by row: no stacked copy of the gradients
+            return sum(_g_gram(self.gt_row(own[0], r)[None], self.d_out) for r in range(own[0].n_rows))  # type: ignore[return-value]
         gt = self.gt(calls)
         if mode == "reduce" or gt.shape[-1] == 1:
             return _gram(gt.sum(-1).reshape(-1, self.d_out).T)
