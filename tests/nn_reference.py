@@ -106,10 +106,11 @@ def hand_kfac(
 ) -> tuple[Tensor, Tensor]:
     """KFAC factors (A, G) of a linear ``module`` by hand, one example at a time.
 
-    A forward hook records the module's input at every call (turned into rows ``[1, T, d_in]`` by ``unfold``,
-    default: flattened positions; several calls add positions) and adds a zero ``ε`` to its output (``[1, *, d_out]``, or ``[1, d_out, *]`` with
-    ``channels_first``: convolutions); the Jacobian of the example's outputs with
-    respect to ε gives the output gradients: Σᵣ gᵣgᵣᵀ = Jᵀ I_head J for any square root of I_head.
+    A forward hook records the module's input at every call (turned into rows ``[1, T, d_in]`` by
+    ``unfold``, default: flattened positions; several calls add positions) and adds a zero ``ε`` to its
+    output (``[1, *, d_out]``, or ``[1, d_out, *]`` with ``channels_first``: convolutions); the Jacobian of
+    the example's outputs with respect to ε gives the output gradients: Σᵣ gᵣgᵣᵀ = Jᵀ I_head J for any
+    square root of I_head.
 
     expand: A = Σₙₜ âₙₜâₙₜᵀ/(N·T), G = (1/N) Σₙ Σₜ Jₙₜᵀ Iₙ Jₙₜ;  reduce: A = (1/N) Σₙ āₙāₙᵀ (ā the
     position mean of â), G = (1/N) Σₙ (Σₜ Jₙₜ)ᵀ Iₙ (Σₜ Jₙₜ).
