@@ -149,21 +149,34 @@ class LinearPart:
             w = torch.stack([_weight_pe(gt[r], at) for r in range(gt.shape[0])])
         return w, b
 
+    def row_views(self, calls: list[Call]) -> list[Tensor]:
+        """gᵀ ``[n, d_out, T]`` for each cotangent row, without stacking the rows (views of the backward's
+        results when the map has one call)."""
+        own = self.mine(calls)
+        if len(own) == 1:
+            return [self.gt_row(own[0], r) for r in range(own[0].n_rows)]
+        return list(self.gt(calls).unbind(0))
+
     def sq_sum(self, calls: list[Call], chunk: int) -> tuple[Tensor, Tensor | None]:
-        """Σ over rows and examples of squared per-example gradients: (``[d_out, d_in]``, ``[d_out]``)."""
-        gt = self.gt(calls)
-        sb = gt.sum(-1).square_().sum((0, 1)) if self.has_bias else None
+        """Σ over rows and examples of squared per-example gradients: (``[d_out, d_in]``, ``[d_out]``), row by
+        row (no stacked copy of the rows' gradients)."""
         if self.index_input:
+            gt = self.gt(calls)
+            sb = gt.sum(-1).square_().sum((0, 1)) if self.has_bias else None
             return self._sq_sum_index(self.at(calls), gt), sb
-        if gt.shape[-1] == 1:  # no weight sharing: Σ g² a² without per-example gradients
+        rows = self.row_views(calls)
+        sb = None
+        if self.has_bias:
+            sb = sum(g.sum(-1).square().sum(0) for g in rows)  # type: ignore[assignment]
+        if rows[0].shape[-1] == 1:  # no weight sharing: Σ g² a² without per-example gradients
             at = self.at(calls)
-            g2 = gt[..., 0].square().sum(0)  # [n, d_out]
-            return g2.T @ at[..., 0].square(), sb
-        sw = torch.zeros(self.d_out, self.d_in, dtype=gt.dtype, device=gt.device)
-        for sl in self.chunks(calls, max(1, chunk * gt.shape[0])):  # the caller's chunk counts R rows per example
+            g2 = sum(g[..., 0].square() for g in rows)  # [n, d_out]
+            return g2.T @ at[..., 0].square(), sb  # type: ignore[union-attr]
+        sw = torch.zeros(self.d_out, self.d_in, dtype=rows[0].dtype, device=rows[0].device)
+        for sl in self.chunks(calls, max(1, chunk * len(rows))):  # the caller's chunk counts R rows per example
             at = self.at(calls, sl)
-            for r in range(gt.shape[0]):
-                sw += _weight_pe(gt[r, sl], at).square_().sum(0)
+            for g in rows:
+                sw += _weight_pe(g[sl], at).square_().sum(0)
         return sw, sb
 
     def _sq_sum_index(self, idx: Tensor, gt: Tensor) -> Tensor:
@@ -214,25 +227,25 @@ class LinearPart:
     def ekfac_s(self, calls: list[Call], qg: Tensor, qa: Tensor | None, chunk: int) -> Tensor:
         """Σ over rows and examples of (Q_Gᵀ Ĝₙ Q_A)² ``[d_out, width]`` (Ĝₙ the per-example gradient;
         Q_A None means the identity, as for a one-hot input)."""
-        gt = self.gt(calls)
-        g = gt.transpose(-1, -2) @ qg  # [R, n, T, d_out]
         if self.index_input:
+            g = self.gt(calls).transpose(-1, -2) @ qg  # [R, n, T, d_out]
             seg, uniq = _segment_sums(self.at(calls), g.transpose(-1, -2), self.d_in)
             out = g.new_zeros(self.d_in, self.d_out)
             out.index_add_(0, uniq, seg.square().sum(0))
             return out.T
-        out = torch.zeros(self.d_out, self.width, dtype=g.dtype, device=g.device)
+        rows = [g.transpose(-1, -2) @ qg for g in self.row_views(calls)]  # each [n, T, d_out]
+        out = torch.zeros(self.d_out, self.width, dtype=rows[0].dtype, device=rows[0].device)
         for sl in self.chunks(calls, chunk):
             a = self.at(calls, sl).transpose(1, 2)
             if self.has_bias:
                 a = torch.cat([a, a.new_ones((*a.shape[:-1], 1))], -1)
             if qa is not None:
                 a = a @ qa  # [m, T, width]
-            if a.shape[1] == 1:
-                out += ((g[:, sl, 0] ** 2).sum(0)).T @ (a[:, 0] ** 2)
-                continue
-            for r in range(g.shape[0]):
-                out += torch.bmm(g[r, sl].transpose(1, 2), a).square_().sum(0)
+            for g in rows:
+                if a.shape[1] == 1:
+                    out += (g[sl, 0] ** 2).T @ (a[:, 0] ** 2)
+                else:
+                    out += torch.bmm(g[sl].transpose(1, 2), a).square_().sum(0)
         return out
 
 
