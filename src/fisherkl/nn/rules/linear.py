@@ -94,6 +94,8 @@ class LinearPart:
             one = self.at(calls, slice(0, 1))
             calls[0].cache[key] = max(1, CHUNK_BYTES // max(1, one.numel() * one.element_size()))
         step = calls[0].cache[key] if limit is None else max(1, min(limit, calls[0].cache[key]))
+        if step >= n:
+            return [ALL]
         return [slice(i, min(n, i + step)) for i in range(0, n, step)]
 
     def gt(self, calls: list[Call]) -> Tensor:
