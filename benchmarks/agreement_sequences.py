@@ -31,6 +31,7 @@ MODELS = [
     ("conv1d", "categorical", "Conv1d dilated + grouped strided circular"),
     ("conv2d", "categorical", "grouped dilated 'same' reflect Conv2d, BatchNorm eval"),
     ("gru", "categorical", "Embedding → GRU (seq-first) → LSTM → per-position Linear"),
+    ("resnet", "categorical", "ResNet topology: BasicBlocks, BatchNorm eval, strided 1×1 projection"),
 ]
 
 

@@ -34,6 +34,7 @@ MODELS = [
     ("conv1d", "categorical"),
     ("conv2d", "categorical"),
     ("gru", "categorical"),
+    ("resnet", "categorical"),
 ]
 
 
@@ -55,7 +56,7 @@ def test_dense_equals_brute_force(name, head):
     torch.testing.assert_close(f.to_dense(), ref, **TOL)
 
 
-@pytest.mark.parametrize("name", ["gpt", "encoder", "cross", "conv2d", "gru"])
+@pytest.mark.parametrize("name", ["gpt", "encoder", "cross", "conv2d", "gru", "resnet"])
 def test_diag_and_block_are_restrictions(name):
     net, x = make(name), inputs(name)
     ref = reference_fisher(net, outputs_of(x), x[0].shape[0])
