@@ -464,7 +464,7 @@ class Engine:
                 r.names = [n for n in r.names if n not in orphans]
         self.checked = True
 
-    def _verify(self, batch: Batch, skip: set[str], m: int = 8) -> set[str]:
+    def _verify(self, batch: Batch, skip: set[str], m: int = 3) -> set[str]:
         """Names of parameters whose per-example gradients (from the rules) do not add up to the batch
         gradient for a random cotangent on the first ``m`` examples."""
         m = min(batch.n, m)

@@ -117,7 +117,7 @@ def fisher(
         Randomness of ``kind="mc"`` (labels are drawn per batch from a seed, so an implicit Fisher
         reuses the same labels in every product).
     check:
-        On the first batch, verify on 8 examples with a random cotangent that the layer rules' per-example
+        On the first batch, verify on 3 examples with a random cotangent that the layer rules' per-example
         gradients add up to the batch gradient; parameters for which they do not (used outside their
         module's forward) are then handled by torch.func on the whole network, so the result stays exact.
         Examples whose outputs depend on the rest of the batch are refused. Skipped for an

@@ -50,7 +50,6 @@ class NormRule(Rule):
 def _sum(t: Tensor, dims: tuple[int, ...]) -> Tensor:
     return t.sum(dims) if dims else t  # (an empty dims tuple would sum everything)
 
-
     def sq_sum(self, calls: list[Call], chunk: int) -> dict[str, Tensor]:
         """Σ over rows and examples of the squared per-example gradients (x̂ computed once per call)."""
         out: dict[str, Tensor] = {}
