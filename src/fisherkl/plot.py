@@ -28,6 +28,11 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend, or a FisherKLError saying how to install it."""
+    return _pyplot()
+
+
 def _pyplot() -> Any:
     try:
         import matplotlib

@@ -253,3 +253,19 @@ def main_report(out: str, names: Sequence[str] | None, plots: bool, network: boo
         raise FisherKLError(
             f"report plots need matplotlib ({exc}); use --no-plots or pip install 'fisherkl[plot]'"
         ) from exc
+
+
+def require_packages(plots: bool, network: bool) -> None:
+    """Refuse, before any work, a report that would need a package that is not installed."""
+    import importlib.util
+
+    if plots and importlib.util.find_spec("matplotlib") is None:
+        raise FisherKLError(
+            "fisherkl report draws its plots with matplotlib, which is not installed: "
+            "pip install 'fisherkl[plot]', or pass --no-plots for tables only"
+        )
+    if network and importlib.util.find_spec("sklearn") is None:
+        raise FisherKLError(
+            "fisherkl report --network trains on scikit-learn's bundled digits; scikit-learn is not installed "
+            "(pip install scikit-learn), or leave out --network"
+        )
