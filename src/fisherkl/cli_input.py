@@ -164,21 +164,21 @@ def check_destination(out: str, need_bytes: int = REPORT_BYTES) -> tuple[Path, b
     if not out.strip():
         raise UsageError("--out is empty; give a directory (it is created if missing)")
     path = Path(out)
-    try:
-        existing = path.absolute()
-        while not existing.exists():
-            existing = existing.parent
-    except OSError as exc:  # e.g. a name too long to even look up
-        raise UsageError(f"--out {out[:60]}{'…' if len(out) > 60 else ''}: {exc.strerror or exc}") from None
-    try:
-        limit = os.pathconf(existing if existing.is_dir() else existing.parent, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        limit = 255
-    for part in path.parts:
+    existing, found, limit = Path(path.absolute().anchor), True, 255
+    for part in path.absolute().parts[1:]:  # from the root down: names too long before any lookup fails
+        if found:
+            try:
+                limit = os.pathconf(existing if existing.is_dir() else existing.parent, "PC_NAME_MAX")
+            except (OSError, ValueError):
+                limit = 255
         if len(os.fsencode(part)) > limit:
             raise UsageError(
                 f"--out: the name {part[:40]}… is {len(os.fsencode(part))} bytes; this file system allows {limit}"
             )
+        if found and (existing / part).exists():
+            existing = existing / part
+        else:
+            found = False
     if path.exists() and not path.is_dir():
         raise UsageError(f"--out {out}: exists and is not a directory")
     if not existing.is_dir():

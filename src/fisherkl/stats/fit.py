@@ -191,7 +191,7 @@ def fit(
     theta0: Any = None,
     *,
     method: str = "scoring",
-    tol: float = 1e-20,
+    tol: float = 1e-24,
     max_iter: int = 200,
 ) -> Fit:
     """The maximum-likelihood estimate of ``model`` on ``data`` (see the module doc).
@@ -219,7 +219,8 @@ def fit(
         a = expected_information(model, theta, x) if method == "scoring" else observed_information(model, theta, x)
         step = torch.linalg.solve(a, grad) if bool(torch.isfinite(a).all()) else grad
         decrement = float(grad @ step)
-        if decrement < tol * max(1.0, abs(current)):
+        tiny_step = float(step.abs().max()) <= 1e-15 * (1.0 + float(theta.abs().max()))
+        if decrement < tol * max(1.0, abs(current)) or tiny_step:
             converged = True
             break
         t, new = 1.0, -math.inf

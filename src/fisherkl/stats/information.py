@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -38,7 +39,7 @@ def observations(model: Model, theta: Tensor, data: Any) -> Tensor:
     """``data`` as a tensor of observations ``[n, *event]`` (a regression's response ``[n]``)."""
     if isinstance(model, Regression):
         return model.check_response(theta, data)
-    t = torch.as_tensor(data.to_numpy() if hasattr(data, "to_numpy") else data)
+    t = torch.as_tensor(np.array(data.to_numpy()) if hasattr(data, "to_numpy") else data)
     if not t.is_floating_point():
         t = t.to(theta.dtype)
     dist = model.distribution(theta)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent
@@ -36,7 +37,7 @@ from .links import InverseLink, default_link, inverse_link, onto
 def _design(x: Any, names: Sequence[str] | None, intercept: bool) -> tuple[Tensor, list[str]]:
     columns = list(x.columns) if hasattr(x, "columns") else None
     if hasattr(x, "to_numpy"):
-        x = x.to_numpy()
+        x = np.array(x.to_numpy(), dtype=np.float64)  # a copy: pandas may hand out a read-only view
     t = as_parameter_tensor(x, "X")
     if not t.is_floating_point() or t.dtype not in (torch.float32, torch.float64):
         t = t.to(torch.float64)
@@ -166,7 +167,7 @@ class Regression(Model):
 
     def check_response(self, theta: Tensor, y: Any) -> Tensor:
         """The response as a tensor ``[n, *event]`` in the family's support at θ, else a ParameterError."""
-        t = torch.as_tensor(y.to_numpy() if hasattr(y, "to_numpy") else y)
+        t = torch.as_tensor(np.array(y.to_numpy()) if hasattr(y, "to_numpy") else y)
         if t.is_complex():
             raise ParameterError(f"{self.name}: y must be real, got a complex tensor")
         t = t.to(theta.dtype)
