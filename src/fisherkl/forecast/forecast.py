@@ -180,11 +180,11 @@ class Forecast:
         dtype = torch.promote_types(self.fisher.dtype, other.fisher.dtype)
         f = torch.zeros(len(names), len(names), dtype=dtype)
         fid = torch.zeros(len(names), dtype=dtype)
-        for part in (self, other):
+        for second, part in enumerate((self, other)):
             idx = [names.index(n) for n in part.names]
             f[torch.tensor(idx)[:, None], torch.tensor(idx)[None, :]] += part.fisher.to(dtype)
             for i, n, value in zip(idx, part.names, part.fiducial.tolist()):
-                if part is other and n in self.names:
+                if second and n in self.names:
                     mine = float(fid[i])
                     if abs(mine - value) > 1e-9 * max(1.0, abs(mine)):
                         raise ParameterError(
