@@ -532,10 +532,12 @@ def _check_damping(damping: Any, what: str) -> float:
 
 
 def _logdet_of(eigenvalues: Tensor, name: str, damping: float) -> Tensor:
-    """Σ log λ for eigenvalues of F + damping·I, refusing any λ that is not > 0 at the matrix's own scale."""
-    scale = float(eigenvalues.abs().max()) if eigenvalues.numel() else 0.0
-    floor = eigenvalues.numel() * torch.finfo(eigenvalues.dtype).eps * scale
-    if eigenvalues.numel() and float(eigenvalues.min()) <= floor:
+    """Σ log λ for the eigenvalues λ of F + damping·I. Without damping, an eigenvalue within rounding
+    of zero (p·eps·max λ) counts as zero: F is singular and the call is refused, not answered −inf or NaN."""
+    n = eigenvalues.numel()
+    scale = float((eigenvalues - damping).abs().max()) if n else 0.0
+    floor = n * torch.finfo(eigenvalues.dtype).eps * scale if damping == 0 else 0.0
+    if n and float(eigenvalues.min()) <= floor:
         raise FisherKLError(
             f"{name}: F + {damping:g}·I is singular (smallest eigenvalue {float(eigenvalues.min()):.3g}); "
             "pass damping > 0"
