@@ -2,8 +2,8 @@
 
     I_ij(θ) = ∂ᵢμᵀ C⁻¹ ∂ⱼμ + ½ tr(C⁻¹ ∂ᵢC C⁻¹ ∂ⱼC)        (Tegmark, Taylor & Heavens 1997)
 
-computed from forward-mode derivatives of ``mean`` (and of ``cov`` when it depends on θ): d
-forward passes, whatever the number m of data points. The KL is the closed Gaussian form. Neither
+computed from the derivatives of ``mean`` (and of ``cov`` when it depends on θ): d + 1 backward
+passes, whatever the number m of data points. The KL is the closed Gaussian form. Neither
 builds a ``torch.distributions.MultivariateNormal`` (whose constructor makes torch import sympy,
 seconds on a cold start); the distribution is built only to sample or to evaluate log p.
 Shapes: θ ``[..., d]``, μ ``[..., m]``, C ``[m, m]`` or ``[..., m, m]``.
@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.autograd.forward_ad as fwad
 from torch import Tensor
 from torch.distributions import Distribution, MultivariateNormal
 
@@ -25,17 +24,27 @@ from ..model import Model, as_parameter_tensor
 
 
 def _tangents(fn: Callable[[Tensor], Tensor], theta: Tensor) -> tuple[Tensor, Tensor]:
-    """fn(θ) and its derivatives along each coordinate, stacked last: ``[..., *out, d]``."""
-    value = fn(theta)
-    outs = []
-    for i in range(theta.shape[-1]):
-        e = torch.zeros_like(theta)
-        e[..., i] = 1
-        with fwad.dual_level():
-            dual = fwad.make_dual(theta, e)
-            outs.append(fwad.unpack_dual(fn(dual)).tangent)
-    tangents = [t if t is not None else torch.zeros_like(value) for t in outs]
-    return value, torch.stack(tangents, -1)
+    """fn(θ) and its derivatives along each coordinate, stacked last: ``[..., *out, d]``.
+
+    Reverse mode twice (the vjp of a vjp is a jvp): one backward pass with a graph, then one per
+    coordinate — d passes whatever the size of fn's output. (Forward-mode AD would be the textbook
+    choice, but torch routes some of its rules through torch._dynamo: a 1–3 s import on first use.)
+    """
+    keep = theta.requires_grad
+    with torch.enable_grad():
+        leaf = theta if keep else theta.detach().requires_grad_(True)
+        value = fn(leaf)
+        if not value.requires_grad:  # fn does not depend on θ
+            return value, torch.zeros((*value.shape, theta.shape[-1]), dtype=value.dtype, device=value.device)
+        u = torch.zeros_like(value, requires_grad=True)
+        # a scalar output: torch.autograd.grad with grad_outputs= imports sympy on first use (0.3–3 s)
+        (g,) = torch.autograd.grad((value * u).sum(), leaf, create_graph=True)  # uᵀ ∂fn/∂θ, linear in u
+        cols = []
+        for i in range(theta.shape[-1]):
+            (col,) = torch.autograd.grad(g[..., i].sum(), u, retain_graph=True, create_graph=keep, allow_unused=True)
+            cols.append(torch.zeros_like(value) if col is None else col)
+    out = torch.stack(cols, -1)
+    return (value, out) if keep else (value.detach(), out.detach())
 
 
 class GaussianModel(Model):
