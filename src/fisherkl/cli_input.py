@@ -52,7 +52,15 @@ def vector(text: str, what: str) -> list[float]:
     parts = [p for p in text.replace(" ", "").split(",") if p != ""]
     if not parts:
         raise UsageError(f"{what} is empty")
-    return [number(p, what) for p in parts]
+    out = []
+    for p in parts:
+        try:
+            out.append(number(p, what))
+        except UsageError as exc:
+            if "must be a number" in str(exc):
+                raise UsageError(f"{what} must be comma-separated numbers, got {text!r}") from None
+            raise
+    return out
 
 
 def integer_or_float(text: str, what: str) -> int | float:
