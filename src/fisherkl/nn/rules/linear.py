@@ -320,12 +320,17 @@ class PartsRule(Rule):
 
 
 class LinearRule(PartsRule):
-    """``nn.Linear`` on inputs ``[n, *, d_in]`` (positions * share the weight): one :class:`LinearPart`."""
+    """``nn.Linear`` on inputs ``[n, *, d_in]`` (positions * share the weight): one :class:`LinearPart`.
+    ``transposed``: the weight is stored ``[d_in, d_out]`` (HuggingFace's Conv1D)."""
+
+    transposed = False
 
     def __init__(self, module: nn.Module, module_name: str, params: list[tuple[nn.Module, str, str]]) -> None:
         super().__init__(module, module_name, params)
         w = module.weight
         d_out, d_in = int(w.shape[0]), int(w[0].numel())
+        if self.transposed:
+            d_out, d_in = d_in, d_out
         self.parts = [
             LinearPart(
                 self.name_of(module, "weight"),
@@ -334,6 +339,7 @@ class LinearRule(PartsRule):
                 d_out,
                 d_in,
                 *positions_views(d_in, d_out),
+                transposed=self.transposed,
             )
         ]
 
