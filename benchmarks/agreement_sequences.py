@@ -4,7 +4,7 @@ For each model of tests/seq_models.py (and GPT-2 / BERT from ``transformers`` wh
 of parameters, and the largest relative deviation max|ours − ref| / max|ref| of the dense Fisher, its
 diagonal, its per-layer blocks and a matrix-free product from the brute-force reference (per-example
 Jacobians one output entry at a time, tests/nn_reference.py); then curvlinops' GGN on the tied-head-free
-GPT. float64.
+GPT (its Linear layers for KFAC, which is what curvlinops supports). float64.
 
     python benchmarks/agreement_sequences.py
 """
@@ -65,5 +65,58 @@ def main() -> None:
         )
 
 
+def curvlinops_rows() -> None:
+    """curvlinops' GGN and empirical KFAC (expand, reduce) against ours on the untied GPT, per reduction."""
+    try:
+        from curvlinops import FisherType, GGNLinearOperator, KFACLinearOperator
+    except ImportError:
+        print("curvlinops not installed (the 'compare' extra)")
+        return
+    from torch import nn
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    net = make("gpt_untied")
+    (x,) = inputs("gpt_untied", n=6)
+    y = torch.randint(0, 11, x.shape, generator=torch.Generator().manual_seed(3))
+
+    class ClassesSecond(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return self.net(t).transpose(1, 2)
+
+    wrapped, data = ClassesSecond(), [(x[:3], y[:3]), (x[3:], y[3:])]
+    params = list(net.parameters())
+    lin = [n for n, m in net.named_modules() if type(m) is nn.Linear]
+    where, at = {}, 0
+    for n, p in net.named_parameters():
+        where[n] = torch.arange(at, at + p.numel())
+        at += p.numel()
+    idx = torch.cat([where[n] for n, _ in net.named_parameters() if n.rsplit(".", 1)[0] in lin])
+    torch.backends.mha.set_fastpath_enabled(False)
+    print("\ncurvlinops on the untied GPT (reduction 'sum' = N × ours; 'mean' = ours with positions='mean')")
+    for reduction in ("sum", "mean"):
+        lossf = nn.CrossEntropyLoss(reduction=reduction)
+        scale = x.shape[0] if reduction == "sum" else 1
+        positions = reduction
+        eye = torch.eye(sum(p.numel() for p in params), dtype=torch.float64)
+        with sdpa_kernel([SDPBackend.MATH]):
+            ggn = GGNLinearOperator(wrapped, lossf, params, data) @ eye
+        ours = scale * fnn.fisher(net, (x, y), representation="dense", positions=positions).to_dense()
+        line = f"  {reduction:<5} GGN vs dense {rel(ours, ggn):.1e}"
+        lin_params = [p for n, p in net.named_parameters() if n.rsplit(".", 1)[0] in lin]
+        for mode in ("expand", "reduce"):
+            theirs = KFACLinearOperator(
+                wrapped, lossf, lin_params, data, fisher_type=FisherType.EMPIRICAL, kfac_approx=mode,
+                separate_weight_and_bias=False,
+            ) @ torch.eye(len(idx), dtype=torch.float64)  # fmt: skip
+            k = fnn.fisher(net, (x, y), kind="empirical", representation="kfac", kfac_mode=mode, positions=positions)
+            line += f"; empirical KFAC {mode} {rel(scale * k.to_dense()[idx[:, None], idx[None, :]], theirs):.1e}"
+        print(line)
+
+
 if __name__ == "__main__":
     main()
+    curvlinops_rows()
