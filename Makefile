@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean browser
+.PHONY: demo test lint bench install clean browser docs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -13,7 +13,7 @@ $(PY):
 # torch==2.13.0 is a CPU build from local disk here; an unpinned torch would pull a CUDA build.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[dev,plot,compare,hf]"
+	$(PIP) install --quiet -e ".[dev,plot,compare,hf,docs]"
 	# peer libraries for the comparison tests and benchmarks: --no-deps, because their declared
 	# dependencies would replace torch 2.13.0 by 2.14.1 + torchvision (none of them needs those)
 	$(PIP) install --quiet --no-deps backpack-for-pytorch==1.7.1 nngeometry==0.4 curvlinops-for-pytorch==3.0.1 \
@@ -28,7 +28,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/fisherkl report --network --out fisherkl-report
 
-test: $(STAMP) browser
+# the rendered documentation (MkDocs Material + mkdocstrings, from the docstrings) in build/site;
+# warnings are errors (strict: true in mkdocs.yml); no network needed once installed
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
+test: $(STAMP) browser docs
 	$(PY) -m pytest -q
 
 # headless Chromium for the report's browser test (Debian's package, installed when missing and

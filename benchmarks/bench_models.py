@@ -278,8 +278,13 @@ def plain(net: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, model: st
         def fvp() -> object:
             from torch.nn.attention import SDPBackend, sdpa_kernel
 
-            with sdpa_kernel([SDPBackend.MATH]):
-                f, u = jvp(lambda pr: functional_call(net, pr, (x,)), (params,), (v,))
+            fast = torch.backends.mha.get_fastpath_enabled()
+            torch.backends.mha.set_fastpath_enabled(False)  # the fused encoder layer has no forward-mode AD
+            try:
+                with sdpa_kernel([SDPBackend.MATH]):
+                    f, u = jvp(lambda pr: functional_call(net, pr, (x,)), (params,), (v,))
+            finally:
+                torch.backends.mha.set_fastpath_enabled(fast)
             p = torch.softmax(f, -1)
             w = (p * u - p * (p * u).sum(-1, keepdim=True)) / len(x)
             return vjp(lambda pr: functional_call(net, pr, (x,)), params)[1](w)
@@ -358,7 +363,8 @@ def main() -> None:
     if args.memory_child:
         memory_child(args.memory_child, args.width)
         return
-    tasks = [t.replace("-", " ") for t in args.tasks.split(",") if t] or list(TASKS)
+    by_key = {t.replace("-", " "): t for t in TASKS}
+    tasks = [by_key.get(t.replace("-", " "), t) for t in args.tasks.split(",") if t] or list(TASKS)
     print(
         f"torch {torch.__version__}, {args.threads} threads, float32; median of {args.repeats} interleaved repeats; "
         f"load average {os.getloadavg()[0]:.2f} at start"

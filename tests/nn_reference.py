@@ -106,39 +106,43 @@ def hand_kfac(
 ) -> tuple[Tensor, Tensor]:
     """KFAC factors (A, G) of a linear ``module`` by hand, one example at a time.
 
-    A forward hook records the module's input (turned into rows ``[1, T, d_in]`` by ``unfold``, default:
-    flattened positions) and adds a zero ``ε`` to its output (``[1, *, d_out]``, or ``[1, d_out, *]`` with
-    ``channels_first``: convolutions); the Jacobian of the example's outputs with
-    respect to ε gives the output gradients: Σᵣ gᵣgᵣᵀ = Jᵀ I_head J for any square root of I_head.
+    A forward hook records the module's input at every call (turned into rows ``[1, T, d_in]`` by
+    ``unfold``, default: flattened positions; several calls add positions) and adds a zero ``ε`` to its
+    output (``[1, *, d_out]``, or ``[1, d_out, *]`` with ``channels_first``: convolutions); the Jacobian of
+    the example's outputs with respect to ε gives the output gradients: Σᵣ gᵣgᵣᵀ = Jᵀ I_head J for any
+    square root of I_head.
 
     expand: A = Σₙₜ âₙₜâₙₜᵀ/(N·T), G = (1/N) Σₙ Σₜ Jₙₜᵀ Iₙ Jₙₜ;  reduce: A = (1/N) Σₙ āₙāₙᵀ (ā the
     position mean of â), G = (1/N) Σₙ (Σₜ Jₙₜ)ᵀ Iₙ (Σₜ Jₙₜ).
     """
-    seen: dict[str, Tensor] = {}
+    seen: dict[str, list[Tensor]] = {"x": [], "eps": []}
 
     def hook(mod: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> Tensor:
-        seen["x"] = args[0].detach()
+        # every call of the module (a recurrent cell's step) is one more group of positions
+        seen["x"].append(args[0].detach())
         eps = torch.zeros_like(out, requires_grad=True)
-        seen["eps"] = eps
+        seen["eps"].append(eps)
         return out + eps
 
     h = module.register_forward_hook(hook)
     a_sum, g_sum, rows = None, None, 0
     try:
         for i in range(n):
+            seen["x"], seen["eps"] = [], []
             out = outputs(net, i)
-            eps = seen["eps"]
-            j = jacobian(net, out, [eps])  # [*P, C, |ε|]
             c = out.shape[-1]
             i_head = head_fisher(head, out.detach()).reshape(-1, c, c)
-            j = j.reshape(i_head.shape[0], c, -1)
-            d_out = eps.shape[1] if channels_first else eps.shape[-1]
-            if channels_first:
-                jt = j.reshape(j.shape[0], c, d_out, -1).transpose(2, 3)
-            else:
-                jt = j.reshape(j.shape[0], c, -1, d_out)
-            x = seen["x"][0]
-            a = x.reshape(-1, x.shape[-1]) if unfold is None else unfold(seen["x"])[0]  # [T, d_in]
+            jts, rows_a = [], []
+            for x, eps in zip(seen["x"], seen["eps"]):
+                j = jacobian(net, out, [eps]).reshape(i_head.shape[0], c, -1)  # [K, C, |ε|]
+                d_out = eps.shape[1] if channels_first else eps.shape[-1]
+                if channels_first:
+                    jts.append(j.reshape(j.shape[0], c, d_out, -1).transpose(2, 3))
+                else:
+                    jts.append(j.reshape(j.shape[0], c, -1, d_out))
+                rows_a.append(x[0].reshape(-1, x.shape[-1]) if unfold is None else unfold(x)[0])  # [T, d_in]
+            jt = torch.cat(jts, 2)
+            a = torch.cat(rows_a, 0)
             if bias:
                 a = torch.cat([a, torch.ones(a.shape[0], 1, dtype=a.dtype)], 1)
             if mode == "expand":

@@ -137,6 +137,33 @@ class GRUNet(nn.Module):
         return self.out(h)
 
 
+class TinyResNet(nn.Module):
+    """ResNet topology at a tiny size: a stem, two BasicBlocks (3×3 convolutions, BatchNorm in eval mode,
+    residual connections, one strided with a 1×1 projection), global average pooling, a Linear head."""
+
+    def __init__(self, w: int = 3, classes: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(2, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        self.a1, self.n1 = nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w)
+        self.a2, self.n2 = nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w)
+        self.b1, self.m1 = nn.Conv2d(w, 2 * w, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * w)
+        self.b2, self.m2 = nn.Conv2d(2 * w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w)
+        self.proj = nn.Sequential(nn.Conv2d(w, 2 * w, 1, stride=2, bias=False), nn.BatchNorm2d(2 * w))
+        self.fc = nn.Linear(2 * w, classes)
+        with torch.no_grad():
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.2, 0.2)
+                    m.running_var.uniform_(0.5, 1.5)
+                    m.weight.uniform_(0.5, 1.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        h = F.relu(self.n2(self.a2(F.relu(self.n1(self.a1(h))))) + h)
+        h = F.relu(self.m2(self.b2(F.relu(self.m1(self.b1(h))))) + self.proj(h))
+        return self.fc(h.mean((2, 3)))
+
+
 def make(name: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     cls = {
@@ -148,6 +175,7 @@ def make(name: str, seed: int = 0) -> nn.Module:
         "conv1d": Conv1dNet,
         "conv2d": GroupedConv2dNet,
         "gru": GRUNet,
+        "resnet": TinyResNet,
     }[name]
     return cls().to(F64).eval()
 
@@ -172,4 +200,6 @@ def inputs(name: str, n: int = 5, seed: int = 1) -> tuple[torch.Tensor, ...]:
         return (torch.randn(n, 4, 5, 5, generator=g, dtype=F64),)
     if name == "gru":
         return (torch.randint(0, 7, (n, 5), generator=g),)
+    if name == "resnet":
+        return (torch.randn(n, 2, 6, 6, generator=g, dtype=F64),)
     raise AssertionError(name)

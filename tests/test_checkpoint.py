@@ -109,8 +109,12 @@ def test_foreign_checkpoint_is_refused(tmp_path):
     with pytest.raises(CheckpointMismatchError, match="head"):
         fnn.fisher(net, data, head="bernoulli", representation="kfac", checkpoint=path)
     shuffled = [data[1], data[0], *data[2:]]
-    with pytest.raises(Exception, match="first batch differs"):
+    with pytest.raises(Exception, match="batches differ from those the checkpoint"):
         fnn.fisher(net, shuffled, representation="kfac", checkpoint=path)
+    # a later batch that changed (the first is the same): refused too, not mixed in silently
+    stale = [data[0], (data[1][0] + 0.01, data[1][1]), *data[2:]]
+    with pytest.raises(Exception, match="batches differ from those the checkpoint"):
+        fnn.fisher(net, stale, representation="kfac", checkpoint=path)
 
 
 def test_damaged_checkpoint_is_refused(tmp_path):

@@ -170,3 +170,82 @@ def test_counts_are_recorded():
     assert k.n_examples == 130 and k.row_counts == {"0.weight": 130, "3.weight": 130}
     assert isinstance(fnn.fisher(net, (x, y), representation="diag"), Diagonal)
     assert isinstance(fnn.fisher(net, (x, y), representation="dense"), Dense)
+
+
+MISMATCH_WORKER = textwrap.dedent(
+    """
+    import os
+    import sys
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    sys.path.insert(0, {tests!r})
+    import fisherkl.nn as fnn
+    from test_distributed import make_data, make_net
+
+    rank, world, init, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    dist.init_process_group("gloo", init_method="file://" + init, rank=rank, world_size=world,
+                            timeout=timedelta(seconds=60))
+    torch.set_num_threads(1)
+    x, y = make_data(200)
+    net = make_net()
+    other = make_net()
+    with torch.no_grad():
+        other[0].weight.add_(0.1 * rank)  # different weights on rank 1
+    wide = torch.nn.Sequential(torch.nn.Linear(5, 8 + 4 * rank), torch.nn.Tanh(),
+                               torch.nn.Linear(8 + 4 * rank, 3)).double()
+    res = {{}}
+    cases = {{
+        "kind": lambda: fnn.fisher(net, (x, y), kind=["exact", "empirical"][rank], representation="diag",
+                                   distributed=True),
+        "weights": lambda: fnn.fisher(other, (x, y), representation="kfac", distributed=True),
+        "batch_size": lambda: fnn.fisher(net, (x, y), representation="diag", batch_size=[32, 64][rank],
+                                         distributed=True),
+        "all_reduce_architectures": lambda: fnn.fisher(wide, (x, y), representation="kfac").all_reduce(),
+        "all_reduce_weights": lambda: fnn.fisher(other, (x, y), representation="kfac").all_reduce(),
+    }}
+    for name, case in cases.items():
+        try:
+            case()
+            res[name] = "no error"
+        except Exception as e:
+            res[name] = type(e).__name__ + ": " + str(e)
+    torch.save(res, out)
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.stdout.flush()
+    os._exit(0)
+    """
+)
+
+
+def test_ranks_that_disagree_get_a_named_error_on_every_rank(tmp_path):
+    script = tmp_path / "mismatch.py"
+    script.write_text(MISMATCH_WORKER.format(tests=str(Path(__file__).parent)))
+    init = tmp_path / "init"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(r), "2", str(init), str(tmp_path / f"m{r}.pt")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        for r in range(2)
+    ]
+    logs = [p.communicate(timeout=180)[0].decode() for p in procs]
+    for r, p in enumerate(procs):
+        assert p.returncode == 0, f"rank {r} failed:\n{logs[r]}"
+    results = [torch.load(tmp_path / f"m{r}.pt", weights_only=True) for r in range(2)]
+    expect = {
+        "kind": "disagree on kind",
+        "weights": "disagree on network",
+        "batch_size": "disagree on batch_size",
+        "all_reduce_architectures": "disagree on",
+        "all_reduce_weights": "disagree on network",
+    }
+    for res in results:
+        for case, text in expect.items():
+            assert res[case].startswith("FisherKLError") and text in res[case], (case, res[case])

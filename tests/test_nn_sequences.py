@@ -34,6 +34,7 @@ MODELS = [
     ("conv1d", "categorical"),
     ("conv2d", "categorical"),
     ("gru", "categorical"),
+    ("resnet", "categorical"),
 ]
 
 
@@ -55,7 +56,7 @@ def test_dense_equals_brute_force(name, head):
     torch.testing.assert_close(f.to_dense(), ref, **TOL)
 
 
-@pytest.mark.parametrize("name", ["gpt", "encoder", "cross", "conv2d", "gru"])
+@pytest.mark.parametrize("name", ["gpt", "encoder", "cross", "conv2d", "gru", "resnet"])
 def test_diag_and_block_are_restrictions(name):
     net, x = make(name), inputs(name)
     ref = reference_fisher(net, outputs_of(x), x[0].shape[0])
@@ -518,3 +519,98 @@ def test_no_host_copies_per_batch(monkeypatch):
             fnn.fisher(net, [x[0][:3]] * batches, kind=kind, representation=rep, seed=0)
             per.append(counted["n"])
         assert per[1] == per[0], (kind, rep, per)
+
+
+class HandGRU(nn.Module):
+    """Embedding → a single-layer GRU written with nn.Linear projections (input projection once over the
+    sequence, hidden projection at every step) → per-position Linear; the oracle for the recurrent rule."""
+
+    def __init__(self, vocab: int = 7, d: int = 4, classes: int = 3, lstm: bool = False) -> None:
+        super().__init__()
+        g = 4 if lstm else 3
+        self.lstm = lstm
+        self.emb = nn.Embedding(vocab, d)
+        self.ih, self.hh = nn.Linear(d, g * d), nn.Linear(d, g * d)
+        self.out = nn.Linear(d, classes)
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        gx = self.ih(x)
+        h = c = torch.zeros(x.shape[0], x.shape[2], dtype=x.dtype)
+        hs = []
+        for t in range(x.shape[1]):
+            gh = self.hh(h)
+            if self.lstm:
+                i, f, g, o = (gx[:, t] + gh).chunk(4, -1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+            else:
+                xr, xz, xn = gx[:, t].chunk(3, -1)
+                hr, hz, hn = gh.chunk(3, -1)
+                r, z = torch.sigmoid(xr + hr), torch.sigmoid(xz + hz)
+                h = (1 - z) * torch.tanh(xn + r * hn) + z * h
+            hs.append(h)
+        return self.out(torch.stack(hs, 1))
+
+
+class TorchRNN(nn.Module):
+    def __init__(self, lstm: bool = False) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(7, 4)
+        self.rnn = (nn.LSTM if lstm else nn.GRU)(4, 4, batch_first=True)
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, idx):
+        return self.out(self.rnn(self.emb(idx))[0])
+
+
+@pytest.mark.parametrize("lstm", [False, True], ids=["gru", "lstm"])
+@pytest.mark.parametrize("mode", ["expand", "reduce"])
+def test_kfac_recurrent_layers_by_hand(lstm, mode):
+    torch.manual_seed(8)
+    net = TorchRNN(lstm).double().eval()
+    twin = HandGRU(lstm=lstm).double()
+    with torch.no_grad():
+        twin.emb.weight.copy_(net.emb.weight)
+        twin.out.load_state_dict(net.out.state_dict())
+        twin.ih.weight.copy_(net.rnn.weight_ih_l0)
+        twin.ih.bias.copy_(net.rnn.bias_ih_l0)
+        twin.hh.weight.copy_(net.rnn.weight_hh_l0)
+        twin.hh.bias.copy_(net.rnn.bias_hh_l0)
+    idx = torch.randint(0, 7, (4, 5), generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(net(idx), twin(idx), **TOL)
+    k = fnn.fisher(net, idx, representation="kfac", kfac_mode=mode)
+    blocks = {b.key: b for b in k.blocks}
+    for name, lin in (("rnn.weight_ih_l0", twin.ih), ("rnn.weight_hh_l0", twin.hh)):
+        a, g = hand_kfac(twin, lin, lambda m, i: m(idx[i : i + 1])[0], 4, mode=mode)
+        torch.testing.assert_close(blocks[name].tensors["A"], a, **TOL)
+        torch.testing.assert_close(blocks[name].tensors["G"], g, **TOL)
+
+
+class DeepRNN(nn.Module):
+    """Two-layer bidirectional GRU (sequence first) and an LSTM given initial states."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(7, 4)
+        self.gru = nn.GRU(4, 3, num_layers=2, bidirectional=True)
+        self.lstm = nn.LSTM(6, 3, batch_first=True)
+        self.h0 = nn.Linear(4, 6)
+        self.out = nn.Linear(3, 3)
+
+    def forward(self, idx):
+        x = self.emb(idx)
+        h, _ = self.gru(x.transpose(0, 1))
+        init = torch.tanh(self.h0(x.mean(1))).unsqueeze(0)  # [1, n, 6] → h0, c0 of the LSTM
+        y, (hn, cn) = self.lstm(h.transpose(0, 1), (init[..., :3].contiguous(), init[..., 3:].contiguous()))
+        return self.out(y + hn.transpose(0, 1) + cn.transpose(0, 1))
+
+
+def test_deep_bidirectional_recurrent_layers_equal_brute_force():
+    torch.manual_seed(9)
+    net = DeepRNN().double()
+    idx = torch.randint(0, 7, (4, 5), generator=torch.Generator().manual_seed(4))
+    ref = reference_fisher(net, lambda m, i: m(idx[i : i + 1])[0], 4)
+    torch.testing.assert_close(fnn.fisher(net, idx, representation="dense").to_dense(), ref, **TOL)
+    k = fnn.fisher(net, idx, representation="kfac")
+    assert {"gru.weight_ih_l1_reverse", "gru.weight_hh_l0", "lstm.weight_hh_l0"} <= {b.key for b in k.blocks}

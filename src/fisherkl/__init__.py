@@ -5,7 +5,8 @@ For a parametric model p(x|θ), KL[p_θ ‖ p_θ+δ] ≈ ½ δᵀ I(θ) δ, with
 
 from __future__ import annotations
 
-from . import families, geometry, matrix, nn
+from . import families, forecast, geometry, matrix, nn, stats
+from ._version import __version__
 from .constraints import Constraint
 from .convergence import check
 from .divergence import chi2, jeffreys, jeffreys_quadratic, kl, kl_quadratic
@@ -23,6 +24,7 @@ from .estimate import Estimate
 from .expfamily import ExponentialFamily
 from .families import Family, family
 from .fisher import METHODS, available_routes, fisher
+from .forecast import Forecast, gaussian_model
 from .geometry import (
     christoffel,
     cramer_rao,
@@ -37,10 +39,9 @@ from .geometry import (
 from .io import FileFormatError, load, save
 from .model import Model, Param
 from .reparam import Reparametrized, reparametrize
+from .stats import fit, observed_information, regression, sandwich_covariance
 from .taylor import kl_taylor, kl_taylor_terms
 from .validity import ValidityRadius, validity_radius
-
-__version__ = "0.1.0"
 
 __all__ = [
     "METHODS",
@@ -51,6 +52,7 @@ __all__ = [
     "Family",
     "FileFormatError",
     "FisherKLError",
+    "Forecast",
     "Model",
     "NonRegularModelError",
     "NumericalError",
@@ -61,6 +63,7 @@ __all__ = [
     "SingularFisherWarning",
     "UnreliableEstimateWarning",
     "ValidityRadius",
+    "__version__",
     "available_routes",
     "check",
     "chi2",
@@ -71,6 +74,9 @@ __all__ = [
     "family",
     "fisher",
     "fisher_rao_distance",
+    "fit",
+    "forecast",
+    "gaussian_model",
     "geodesic",
     "geometry",
     "jeffreys",
@@ -86,7 +92,11 @@ __all__ = [
     "matrix",
     "natural_gradient",
     "nn",
+    "observed_information",
+    "regression",
     "reparametrize",
+    "sandwich_covariance",
     "save",
+    "stats",
     "validity_radius",
 ]

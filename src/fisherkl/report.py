@@ -50,31 +50,54 @@ def _progress(items: Sequence[Any], desc: str, enabled: bool | None) -> Iterable
     return tqdm(items, desc=desc, unit="family", leave=False, file=sys.stderr)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def write_files_atomically(files: dict[Path, bytes]) -> None:
+    """Write every file or none: all go to temporary files first, and are renamed into place only
+    when every one was written (a full disk or an interrupt leaves the directory as it was)."""
+    temps: list[tuple[str, Path]] = []
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        for path, data in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            temps.append((tmp, path))
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+    except BaseException as exc:
+        for tmp, _ in temps:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            where = next(iter(files)).parent if files else "?"
+            raise FisherKLError(
+                f"could not write the report to {where}: {exc.strerror or exc}; nothing was written"
+            ) from exc
         raise
+    for tmp, path in temps:
+        os.replace(tmp, path)
+
+
+#: figures are drawn at this resolution and shown at their natural size (about 800 px wide)
+DPI = 100
 
 
 def _png(fig: Any) -> bytes:
+    """The figure as a PNG, reduced to a 256-colour palette (plots have few colours: ~3× smaller)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=DPI)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-    return buf.getvalue()
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow comes with matplotlib
+        return buf.getvalue()
+    image = Image.open(io.BytesIO(buf.getvalue())).convert("RGB").quantize(colors=256, dither=Image.Dither.NONE)
+    out = io.BytesIO()
+    image.save(out, format="PNG", optimize=True)
+    return out.getvalue()
 
 
 def build_report(
@@ -114,14 +137,12 @@ def build_report(
             echo(network_text)
         if network_png is not None:
             images.append(("network", "Predicted / exact KL per Fisher approximation (digits MLP)", network_png))
-    pngs = []
-    for stem, _, data in images:
-        p = out / f"{stem}.png"
-        atomic_write_bytes(p, data)
-        pngs.append(p)
+    pngs = [out / f"{stem}.png" for stem, _, _ in images]
     page = _html(agreements, checks, images, time.perf_counter() - start, network_text)
     html_path = out / "index.html"
-    atomic_write_bytes(html_path, page.encode("utf-8"))
+    files = {p: data for p, (_, _, data) in zip(pngs, images)}
+    files[html_path] = page.encode("utf-8")
+    write_files_atomically(files)
     if echo is not None:
         echo(f"\nreport written to {html_path} ({len(pngs)} plots)")
     return Report(out, html_path, pngs, agreements, checks, time.perf_counter() - start)
@@ -135,7 +156,11 @@ def _figures(models: Sequence[Family], checks: Sequence[CheckRow]) -> list[tuple
     out = [("convergence", "Relative error of the quadratic forms against |δ|", _png(plot.convergence(checks)))]
     if two:
         fig = plot.kl_contour_grid(two, [m.typical() for m in two])
-        out.append(("kl-contours", "KL contours (solid) beside Fisher ellipses ½δᵀIδ = c (dashed)", _png(fig)))
+        caption = (
+            "KL contours (solid, levels labelled) beside the Fisher ellipses ½δᵀIδ = c (dashed), "
+            "each in its parameters' own units"
+        )
+        out.append(("kl-contours", caption, _png(fig)))
     if regular:
         fig = plot.spectrum(regular, [m.typical() for m in regular])
         out.append(("spectrum", "Fisher eigen-spectra", _png(fig)))
@@ -190,7 +215,8 @@ body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px;
 table {{ border-collapse: collapse; margin: 1em 0; font-size: 13px; }}
 td, th {{ border-bottom: 1px solid #ddd; padding: 3px 8px; text-align: right; }}
 td:first-child, th:first-child, td:nth-child(2), td:nth-child(3) {{ text-align: left; }}
-figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }} code {{ background: #f4f4f4; }}
+figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; height: auto; }} code {{ background: #f4f4f4; }}
+figcaption {{ font-size: 14px; color: #444; }}
 </style></head><body>
 <h1>fisherkl report</h1>
 <p>fisherkl {esc(__version__)}, torch {esc(torch.__version__)}; {len(agreements)} models; built in {seconds:.1f} s.
@@ -253,3 +279,19 @@ def main_report(out: str, names: Sequence[str] | None, plots: bool, network: boo
         raise FisherKLError(
             f"report plots need matplotlib ({exc}); use --no-plots or pip install 'fisherkl[plot]'"
         ) from exc
+
+
+def require_packages(plots: bool, network: bool) -> None:
+    """Refuse, before any work, a report that would need a package that is not installed."""
+    import importlib.util
+
+    if plots and importlib.util.find_spec("matplotlib") is None:
+        raise FisherKLError(
+            "fisherkl report draws its plots with matplotlib, which is not installed: "
+            "pip install 'fisherkl[plot]', or pass --no-plots for tables only"
+        )
+    if network and importlib.util.find_spec("sklearn") is None:
+        raise FisherKLError(
+            "fisherkl report --network trains on scikit-learn's bundled digits; scikit-learn is not installed "
+            "(pip install scikit-learn), or leave out --network"
+        )

@@ -52,3 +52,11 @@ class UniformFamily(Family):
 
     def make(self, theta: Tensor) -> Distribution:
         return Uniform(theta[..., 0], theta[..., 1], validate_args=False)
+
+    def chi2_formula(self, theta_p: Tensor, theta_q: Tensor) -> Tensor | None:
+        """Pearson χ² = ∫(q − p)²/p for p = U(a, b), q = U(c, d): (b − a)/(d − c) − 1 when
+        [c, d] ⊆ [a, b], and +inf otherwise (q puts mass where p has none)."""
+        a, b = theta_p[..., 0], theta_p[..., 1]
+        c, d = theta_q[..., 0], theta_q[..., 1]
+        inside = (c >= a) & (d <= b)
+        return torch.where(inside, (b - a) / (d - c) - 1, torch.full_like(a, float("inf")))

@@ -344,13 +344,36 @@ class FisherMatrix(ABC):
         ``fisherkl.nn.fisher(..., distributed=True)``, which reduces the KFAC factors first); LowRank
         and Implicit refuse (see docs/distributed.md). Idempotent: reducing twice changes nothing.
         """
+        if type(self).__name__ == "LowRank":
+            self._all_reduce(group)  # refused, with its reason
         if self.n_examples is None:
             raise FisherKLError(
                 f"{type(self).__name__}.all_reduce needs the number of examples behind this mean "
                 "(n_examples); reduce the Fisher as returned by fisherkl.nn.fisher, before scaling or adding"
             )
+        agree(self._fingerprint(), group, f"{type(self).__name__}.all_reduce")
         self._all_reduce(group)
         return self
+
+    def _fingerprint(self) -> dict[str, Any]:
+        """What every rank's matrix must share to be averaged: type, dtype, layout, the structure of its
+        state (tensor shapes), and the network it came from when known (``source``)."""
+
+        def shapes(obj: Any) -> Any:
+            if isinstance(obj, Tensor):
+                return tuple(obj.shape)
+            if isinstance(obj, Mapping):
+                return {k: shapes(v) for k, v in obj.items() if k not in ("n_examples", "row_counts")}
+            if isinstance(obj, (list, tuple)):
+                return [shapes(v) for v in obj]
+            return obj
+
+        return {
+            "type": type(self).__name__,
+            "dtype": str(self.dtype),
+            "structure": repr(shapes(self.state_dict())),
+            "network": getattr(self, "source", None),
+        }
 
     def _all_reduce(self, group: Any) -> None:
         """Generic reduction through the state dict: every stored tensor is a mean over the examples
@@ -466,6 +489,101 @@ class FisherMatrix(ABC):
 
         return LinearOperator(self.shape, matvec=matvec, rmatvec=matvec, matmat=matmat, rmatmat=matmat, dtype=dtype)
 
+    # --- moving like a tensor; log-determinant, square root, Gaussian draws (issue 16) ----------------
+    # Structured representations override these with their cheap forms; the generic versions below
+    # go through the dense matrix (refused beyond the memory limit).
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> FisherMatrix:
+        """This matrix in another dtype and/or on another device (a new matrix; ``self`` if nothing changes)."""
+        dtype = self.dtype if dtype is None else dtype
+        device = self.device if device is None else torch.device(device)
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ParameterError(f"{type(self).__name__}.to: dtype must be a floating torch.dtype, got {dtype!r}")
+        if dtype == self.dtype and device == self.device:
+            return self
+        state = _map_tensors(
+            self.state_dict(),
+            lambda t: t.to(dtype=dtype, device=device) if t.is_floating_point() else t.to(device=device),
+        )
+        # the same numbers, rounded to the new dtype: not a load (whose checks would read float32 rounding of
+        # a PSD factor or an orthonormal basis as a defect)
+        return from_state_dict(state, check=False)
+
+    def _eigh_damped(self, damping: float, what: str) -> tuple[Tensor, Tensor]:
+        damping = _check_damping(damping, what)
+        check_dense_fits(self.p, self.dtype, f"{type(self).__name__}.{what}", factor=2)
+        w, q = torch.linalg.eigh(self.to_dense())
+        return w + damping, q
+
+    def logdet(self, damping: float = 0.0) -> Tensor:
+        """log det(F + damping·I) (a scalar); a FisherKLError when F + damping·I is singular."""
+        w, _ = self._eigh_damped(damping, "logdet")
+        return _logdet_of(w, type(self).__name__, damping)
+
+    def sqrt(self) -> FisherMatrix:
+        """F^{1/2}, the symmetric positive semi-definite square root (F^{1/2} F^{1/2} = F)."""
+        from .dense import Dense
+
+        w, q = self._eigh_damped(0.0, "sqrt")
+        return Dense((q * w.clamp_min(0).sqrt()) @ q.T, self.layout)
+
+    def _inv_sqrt_mm(self, z: Tensor, damping: float) -> Tensor:
+        """(F + damping·I)^{-1/2} Z for columns Z ``[p, n]``."""
+        w, q = self._eigh_damped(damping, "sample")
+        _logdet_of(w, type(self).__name__, damping)  # refuses a singular matrix
+        return q @ (w.rsqrt().unsqueeze(-1) * (q.T @ z))
+
+    def sample(
+        self, n: int = 1, *, damping: float = 0.0, generator: torch.Generator | None = None, form: str = "flat"
+    ) -> Any:
+        """n draws from N(0, (F + damping·I)⁻¹): ``[n, p]`` (``form="flat"``), or for ``"list"`` / ``"dict"``
+        one parameter-shaped draw per entry with a leading dimension n. This is the Laplace posterior
+        of a network around its weights when F is the Fisher of the data (plus a prior as damping)."""
+        if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+            raise ParameterError(f"sample: n must be a positive integer, got {n!r}")
+        if form not in ("flat", "list", "dict"):
+            raise ParameterError(f"sample: form must be 'flat', 'list' or 'dict', got {form!r}")
+        z = torch.randn(self.p, n, dtype=self.dtype, device=self.device, generator=generator)
+        draws = self._inv_sqrt_mm(z, _check_damping(damping, "sample")).T
+        if form == "flat":
+            return draws
+        parts = [
+            draws[:, self.layout.slice(name)].reshape(n, *shape)
+            for name, shape in zip(self.layout.names, self.layout.shapes)
+        ]
+        return parts if form == "list" else dict(zip(self.layout.names, parts))
+
+
+def _map_tensors(obj: Any, fn: Any) -> Any:
+    if isinstance(obj, Tensor):
+        return fn(obj)
+    if isinstance(obj, Mapping):
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_map_tensors(v, fn) for v in obj]
+    return obj
+
+
+def _check_damping(damping: Any, what: str) -> float:
+    if isinstance(damping, Tensor) and damping.numel() == 1:
+        damping = float(damping)
+    if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not math.isfinite(damping) or damping < 0:
+        raise ParameterError(f"{what}: damping must be a finite number >= 0, got {damping!r}")
+    return float(damping)
+
+
+def _logdet_of(eigenvalues: Tensor, name: str, damping: float) -> Tensor:
+    """Σ log λ for the eigenvalues λ of F + damping·I. Without damping, an eigenvalue within rounding
+    of zero (p·eps·max λ) counts as zero: F is singular and the call is refused, not answered −inf or NaN."""
+    n = eigenvalues.numel()
+    scale = float((eigenvalues - damping).abs().max()) if n else 0.0
+    floor = n * torch.finfo(eigenvalues.dtype).eps * scale if damping == 0 else 0.0
+    if n and float(eigenvalues.min()) <= floor:
+        raise FisherKLError(
+            f"{name}: F + {damping:g}·I is singular (smallest eigenvalue {float(eigenvalues.min()):.3g}); "
+            "pass damping > 0"
+        )
+    return eigenvalues.log().sum()
+
 
 def require_process_group(group: Any = None) -> Any:
     """The ``torch.distributed`` module, after checking that a process group is initialised."""
@@ -477,6 +595,25 @@ def require_process_group(group: Any = None) -> Any:
             "(e.g. under torchrun) first"
         )
     return dist
+
+
+def agree(fingerprint: Mapping[str, Any], group: Any, what: str) -> None:
+    """Raise the same :class:`FisherKLError` on every rank of ``group`` unless all hold the same ``fingerprint``
+    (one ``all_gather_object``): ranks that disagree — another network, kind, representation, batch size,
+    dtype — would otherwise give every rank the same wrong matrix, or abort inside the backend."""
+    dist = require_process_group(group)
+    got: list[Any] = [None] * int(dist.get_world_size(group))
+    dist.all_gather_object(got, dict(fingerprint), group=group)
+    keys = sorted(set().union(*(g.keys() for g in got)))
+    diff = [k for k in keys if len({repr(g.get(k)) for g in got}) > 1]
+    if diff:
+        details = "; ".join(
+            f"{k}: " + ", ".join(f"rank {r} {str(g.get(k))[:48]}" for r, g in enumerate(got)) for k in diff[:3]
+        )
+        raise FisherKLError(
+            f"{what}: the ranks disagree on {', '.join(diff)} ({details}); every rank must call it with the same "
+            "network, arguments and representation"
+        )
 
 
 def all_reduce_sums(tensors: list[Tensor], counts: list[int], group: Any = None) -> tuple[list[Tensor], list[int]]:
@@ -589,6 +726,11 @@ class SumMatrix(FisherMatrix):
     def _from_state(cls, state: Mapping[str, Any]) -> FisherMatrix:
         return cls([from_state_dict(s) for s in state["terms"]])
 
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> FisherMatrix:
+        if (dtype in (None, self.dtype)) and (device is None or torch.device(device) == self.device):
+            return self
+        return SumMatrix([t.to(dtype, device) for t in self.terms])
+
 
 class ScaledMatrix(FisherMatrix):
     """c · F for a representation without its own scaling."""
@@ -612,6 +754,27 @@ class ScaledMatrix(FisherMatrix):
     @classmethod
     def _from_state(cls, state: Mapping[str, Any]) -> FisherMatrix:
         return cls(from_state_dict(state["base"]), state["c"])
+
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> FisherMatrix:
+        if (dtype in (None, self.dtype)) and (device is None or torch.device(device) == self.device):
+            return self
+        return ScaledMatrix(self.base.to(dtype, device), self.c)
+
+    # cF keeps the structure of F: log det(cF + λI) = p log c + log det(F + (λ/c) I), (cF)^{1/2} = √c F^{1/2}
+    def logdet(self, damping: float = 0.0) -> Tensor:
+        damping = _check_damping(damping, "logdet")
+        if self.c == 0:
+            return _logdet_of(torch.full((self.p,), damping, dtype=self.dtype, device=self.device), "ScaledMatrix", 0.0)
+        return self.p * math.log(self.c) + self.base.logdet(damping / self.c)
+
+    def sqrt(self) -> FisherMatrix:
+        return self.base.sqrt() * math.sqrt(self.c)
+
+    def _inv_sqrt_mm(self, z: Tensor, damping: float) -> Tensor:
+        if self.c == 0:
+            _logdet_of(torch.full((1,), damping, dtype=self.dtype), "ScaledMatrix", 0.0)
+            return z / math.sqrt(damping)
+        return self.base._inv_sqrt_mm(z, damping / self.c) / math.sqrt(self.c)
 
 
 register(SumMatrix)

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import ParameterError
-from .base import FisherMatrix, check_k, dense_solve, register
+from ..errors import FisherKLError, ParameterError
+from .base import FisherMatrix, _check_damping, check_k, dense_solve, register
 from .layout import ParamLayout
 
 
@@ -96,3 +96,34 @@ class BlockDiagonal(FisherMatrix):
     @classmethod
     def _from_state(cls, state: Mapping[str, Any]) -> FisherMatrix:
         return cls(state["groups"], state["blocks"], ParamLayout.from_state(state["layout"]))
+
+    # block by block: log det = Σ log det(Fᵢ + λI), F^{1/2} = blockdiag(Fᵢ^{1/2}), draws by each block's Cholesky
+    def _choleskys(self, damping: float, what: str) -> list[Tensor]:
+        damping = _check_damping(damping, what)
+        out = []
+        for g, blk in zip(self.groups, self.blocks):
+            eye = torch.eye(blk.shape[0], dtype=self.dtype, device=self.device)
+            chol, info = torch.linalg.cholesky_ex(blk + damping * eye)
+            if int(info) != 0:
+                raise FisherKLError(
+                    f"BlockDiagonal.{what}: the block of {', '.join(g)} plus {damping:g}·I is singular; "
+                    "pass damping > 0"
+                )
+            out.append(chol)
+        return out
+
+    def logdet(self, damping: float = 0.0) -> Tensor:
+        return sum((2 * c.diagonal().log().sum() for c in self._choleskys(damping, "logdet")), torch.zeros(()))
+
+    def sqrt(self) -> FisherMatrix:
+        roots = []
+        for blk in self.blocks:
+            w, q = torch.linalg.eigh(blk)
+            roots.append((q * w.clamp_min(0).sqrt()) @ q.T)
+        return BlockDiagonal(self.groups, roots, self.layout)
+
+    def _inv_sqrt_mm(self, z: Tensor, damping: float) -> Tensor:
+        out = torch.empty_like(z)
+        for idx, chol in zip(self._index, self._choleskys(damping, "sample")):
+            out[idx] = torch.linalg.solve_triangular(chol.T, z[idx], upper=True)
+        return out

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base import FisherMatrix, check_dense_fits, check_k, dense_solve, register
+from ..errors import FisherKLError
+from .base import FisherMatrix, _check_damping, _logdet_of, check_dense_fits, check_k, dense_solve, register
 from .layout import ParamLayout
 
 
@@ -54,6 +55,28 @@ class Dense(FisherMatrix):
     @classmethod
     def _from_state(cls, state: Mapping[str, Any]) -> FisherMatrix:
         return cls(state["matrix"], ParamLayout.from_state(state["layout"]))
+
+    # log det, square root, draws from N(0, (F + λI)⁻¹): by Cholesky / eigendecomposition of the matrix
+    def _cholesky(self, damping: float, what: str) -> Tensor:
+        damping = _check_damping(damping, what)
+        eye = torch.eye(self.p, dtype=self.dtype, device=self.device)
+        chol, info = torch.linalg.cholesky_ex(self.matrix + damping * eye)
+        if int(info) != 0:
+            raise FisherKLError(
+                f"Dense.{what}: F + {damping:g}·I is singular or not positive definite; pass damping > 0"
+            )
+        return chol
+
+    def logdet(self, damping: float = 0.0) -> Tensor:
+        return 2 * self._cholesky(damping, "logdet").diagonal().log().sum()
+
+    def sqrt(self) -> FisherMatrix:
+        w, q = torch.linalg.eigh(self.matrix)
+        return Dense((q * w.clamp_min(0).sqrt()) @ q.T, self.layout)
+
+    def _inv_sqrt_mm(self, z: Tensor, damping: float) -> Tensor:
+        # x = L⁻ᵀz has covariance (LLᵀ)⁻¹ = (F + λI)⁻¹
+        return torch.linalg.solve_triangular(self._cholesky(damping, "sample").T, z, upper=True)
 
 
 @register
@@ -106,3 +129,14 @@ class Diagonal(FisherMatrix):
     @classmethod
     def _from_state(cls, state: Mapping[str, Any]) -> FisherMatrix:
         return cls(state["diagonal"], ParamLayout.from_state(state["layout"]))
+
+    def logdet(self, damping: float = 0.0) -> Tensor:
+        return _logdet_of(self.diagonal + _check_damping(damping, "logdet"), "Diagonal", float(damping))
+
+    def sqrt(self) -> FisherMatrix:
+        return Diagonal(self.diagonal.clamp_min(0).sqrt(), self.layout)
+
+    def _inv_sqrt_mm(self, z: Tensor, damping: float) -> Tensor:
+        d = self.diagonal + damping
+        _logdet_of(d, "Diagonal", damping)
+        return z * d.rsqrt().unsqueeze(-1)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
-from ..errors import FisherKLError
+from ..errors import FisherKLError, ParameterError
 from .base import FisherMatrix, check_k, conjugate_gradient, lanczos_topk
 from .layout import ParamLayout
 
@@ -61,3 +62,22 @@ class Implicit(FisherMatrix):
 
     def _scaled(self, c: float) -> FisherMatrix:
         return Implicit(self._fn, self.layout, self.dtype, self.device, self._diag_fn, self.scale * c)
+
+    def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> FisherMatrix:
+        """The same products in another dtype / on another device (vectors are converted on the way in and out)."""
+        dtype = self.dtype if dtype is None else dtype
+        device = self.device if device is None else torch.device(device)
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ParameterError(f"Implicit.to: dtype must be a floating torch.dtype, got {dtype!r}")
+        if dtype == self.dtype and device == self.device:
+            return self
+        src_dtype, src_device, fn, diag_fn = self.dtype, self.device, self._fn, self._diag_fn
+
+        def mm(v: Tensor) -> Tensor:
+            return fn(v.to(dtype=src_dtype, device=src_device)).to(dtype=dtype, device=device)
+
+        def diag() -> Tensor:
+            assert diag_fn is not None
+            return diag_fn().to(dtype=dtype, device=device)
+
+        return Implicit(mm, self.layout, dtype, device, diag if diag_fn is not None else None, self.scale)

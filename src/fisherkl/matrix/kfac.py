@@ -20,6 +20,7 @@ diagonal.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -28,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..errors import FisherKLError, ParameterError
-from .base import FisherMatrix, check_k, register
+from .base import FisherMatrix, _check_damping, _logdet_of, check_k, register
 from .layout import ParamLayout
 
 
@@ -267,6 +268,28 @@ class _Kronecker(FisherMatrix):
     def _from_state(cls, state: Mapping[str, Any]) -> FisherMatrix:
         blocks = [KronBlock.from_state(s, cls.keys) for s in state["blocks"]]
         return cls(blocks, state["rest"], state["rest_diag"], ParamLayout.from_state(state["layout"]))
+
+    # --- log det, square root, draws (issue 16): all from each block's eigenbasis (Q_G ⊗ Q_A, S) ----------
+    # F + λI = ⊕ (Q_G ⊗ Q_A) diag(S + λ) (Q_G ⊗ Q_A)ᵀ ⊕ diag(rest + λ), so every function of F acts on S.
+    def _all_scales(self) -> Tensor:
+        return torch.cat([*(self._basis(b)[2].reshape(-1) for b in self.blocks), self.rest_diag])
+
+    def logdet(self, damping: float = 0.0) -> Tensor:
+        """log det(F + damping·I) = Σ log(S + damping) over every block's scales and the rest."""
+        damping = _check_damping(damping, "logdet")
+        return _logdet_of(self._all_scales() + damping, type(self).__name__, damping)
+
+    def sqrt(self) -> FisherMatrix:
+        """F^{1/2} in eigen form: an EKFAC with the same bases and scales √S (for KFAC: G^{1/2} ⊗ A^{1/2})."""
+        blocks = []
+        for b in self.blocks:
+            qg, qa, s = self._basis(b)
+            blocks.append(dataclasses.replace(b, tensors={"QA": qa, "QG": qg, "S": s.clamp_min(0).sqrt()}))
+        return EKFAC(blocks, self.rest, self.rest_diag.clamp_min(0).sqrt(), self.layout)
+
+    def _inv_sqrt_mm(self, z: Tensor, damping: float) -> Tensor:
+        _logdet_of(self._all_scales() + damping, type(self).__name__, damping)
+        return self._apply(z, lambda s: (s + damping).rsqrt())
 
 
 @register

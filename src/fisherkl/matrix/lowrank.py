@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from ..errors import FisherKLError, ParameterError
-from .base import FisherMatrix, check_k, register
+from .base import FisherMatrix, _check_damping, _logdet_of, check_k, register
 from .layout import ParamLayout
 
 
@@ -59,6 +61,25 @@ class LowRank(FisherMatrix):
     @classmethod
     def _from_state(cls, state: Mapping[str, Any]) -> FisherMatrix:
         return cls(state["values"], state["vectors"], ParamLayout.from_state(state["layout"]))
+
+    # F + λI = U diag(λᵢ + λ) Uᵀ + λ(I − UUᵀ): eigenvalues λᵢ + λ on span U, λ on the p − k others
+    def _spectrum(self, damping: float) -> Tensor:
+        rest = torch.full((self.p - self.rank,), damping, dtype=self.dtype, device=self.device)
+        return torch.cat([self.values + damping, rest])
+
+    def logdet(self, damping: float = 0.0) -> Tensor:
+        damping = _check_damping(damping, "logdet")
+        return _logdet_of(self._spectrum(damping), "LowRank", damping)
+
+    def sqrt(self) -> FisherMatrix:
+        return LowRank(self.values.clamp_min(0).sqrt(), self.vectors, self.layout)
+
+    def _inv_sqrt_mm(self, z: Tensor, damping: float) -> Tensor:
+        _logdet_of(self._spectrum(damping), "LowRank", damping)
+        if self.rank == self.p:
+            return self.vectors @ ((self.values + damping).rsqrt().unsqueeze(-1) * (self.vectors.T @ z))
+        coef = (self.values + damping).rsqrt() - 1 / math.sqrt(damping)
+        return z / math.sqrt(damping) + self.vectors @ (coef.unsqueeze(-1) * (self.vectors.T @ z))
 
 
 def lowrank_of(f: FisherMatrix, k: int) -> LowRank:

@@ -3,10 +3,10 @@
 A checkpoint holds a fingerprint of the run (the network's parameter names, shapes and values, the
 representation, kind, head, kfac_mode, batch size, number of batches, Monte Carlo settings, and the
 rank / world size), the phase (``main``; EKFAC has ``kfac`` then ``ekfac``), the batches already
-folded in, the statistics' raw sums and counts, and a hash of the first batch. Resuming refuses a
-checkpoint whose fingerprint differs (naming the fields), skips the batches already done, and checks
-the first batch against the hash: the data order must be deterministic (no shuffling, or a seeded
-one). Writes are atomic (:func:`fisherkl.io.atomic_write`), so a crash while saving leaves the
+folded in, the statistics' raw sums and counts, and a running hash of the content of every batch folded
+in. Resuming refuses a checkpoint whose fingerprint differs (naming the fields), re-reads the batches
+already done and checks their running hash: the data must be the same, in a deterministic order (no
+shuffling, or a seeded one). Writes are atomic (:func:`fisherkl.io.atomic_write`), so a crash while saving leaves the
 previous checkpoint in place.
 """
 
@@ -50,6 +50,11 @@ def batch_digest(batch: Any) -> str:
         if t.numel():
             h.update(t.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def chain_digest(previous: str | None, digest_: str) -> str:
+    """The running hash of a stream of batches: sha256(previous ‖ this batch's digest)."""
+    return hashlib.sha256(((previous or "") + digest_).encode()).hexdigest()
 
 
 def _tensors(obj: Any) -> list[Tensor]:

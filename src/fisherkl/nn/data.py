@@ -36,24 +36,43 @@ def n_batches(data: Any, batch_size: int) -> int | None:
 
 
 def dataset_size(data: Any) -> int | None:
-    """N when ``data`` is a whole data set to cut into batches (a tensor, a tuple (x,) / (x, y) of tensors,
-    or a dict of tensors with a common first dimension); None when it is an iterable of batches (a list is
-    always a list of batches)."""
+    """N when ``data`` is a whole data set to cut into batches: a tensor; a tuple ``(x,)`` or ``(x, y)`` of
+    tensors; a tuple ``(inputs, y)`` whose inputs are a tuple or dict of tensors (several inputs); a dict of
+    tensors — all with a common first dimension. None when it is an iterable of batches (a list is always a
+    list of batches)."""
     if isinstance(data, Tensor):
         return int(data.shape[0])
-    if isinstance(data, tuple) and data and all(isinstance(t, Tensor) for t in data):
+    if isinstance(data, Mapping):
+        if data and all(isinstance(t, Tensor) and t.ndim > 0 for t in data.values()):
+            return _common(list(data.values()), "a dict of tensors")
+        return None
+    if not isinstance(data, tuple) or not data:
+        return None
+    if all(isinstance(t, Tensor) for t in data):
         if len(data) > 2:
             raise ParameterError(f"data: a tuple of tensors must be (x,) or (x, y), got {len(data)} tensors")
-        x = data[0]
-        if len(data) == 2 and data[1].shape[0] != x.shape[0]:
-            raise ParameterError(f"data: x has {x.shape[0]} examples but y has {data[1].shape[0]}")
-        return int(x.shape[0])
-    if isinstance(data, Mapping) and data and all(isinstance(t, Tensor) and t.ndim > 0 for t in data.values()):
-        sizes = {k: int(t.shape[0]) for k, t in data.items()}
-        if len(set(sizes.values())) > 1:
-            raise ParameterError(f"data: a dict of tensors must share the first dimension, got {sizes}")
-        return next(iter(sizes.values()))
+        return _common(list(data), "x and y")
+    inputs = data[0]
+    if len(data) <= 2 and (len(data) == 1 or isinstance(data[1], Tensor)):
+        parts = list(inputs.values()) if isinstance(inputs, Mapping) else inputs
+        if isinstance(parts, (tuple, list)) and parts and all(isinstance(t, Tensor) and t.ndim > 0 for t in parts):
+            return _common([*parts, *data[1:]], "the inputs and y")
     return None
+
+
+def _common(tensors: list[Tensor], what: str) -> int:
+    sizes = [int(t.shape[0]) if t.ndim else 0 for t in tensors]
+    if len(set(sizes)) > 1:
+        raise ParameterError(f"data: {what} must share the first dimension (the examples), got {sizes}")
+    return sizes[0]
+
+
+def _rows(obj: Any, i: int, j: int) -> Any:
+    if isinstance(obj, Tensor):
+        return obj[i:j]
+    if isinstance(obj, Mapping):
+        return {k: _rows(v, i, j) for k, v in obj.items()}
+    return type(obj)(_rows(v, i, j) for v in obj)
 
 
 def iter_raw(data: Any, batch_size: int = 256) -> Iterator[Any]:
@@ -64,12 +83,7 @@ def iter_raw(data: Any, batch_size: int = 256) -> Iterator[Any]:
     size = dataset_size(data)
     if size is not None:
         for i in range(0, size, batch_size):
-            if isinstance(data, Tensor):
-                yield data[i : i + batch_size]
-            elif isinstance(data, Mapping):
-                yield {k: t[i : i + batch_size] for k, t in data.items()}
-            else:
-                yield tuple(t[i : i + batch_size] for t in data)
+            yield _rows(data, i, i + batch_size)
         return
     if not isinstance(data, Iterable) or isinstance(data, (str, bytes)):
         raise ParameterError(

@@ -337,7 +337,7 @@ class Engine:
             self.recording, self.active = True, {}
             try:
                 with torch.enable_grad(), self._uses():
-                    out = self.adapter.outputs(self.adapter.call(self.net, batch))
+                    out = self.adapter.outputs(self.call(batch))
             finally:
                 self.recording = False
             if not isinstance(out, Tensor):
@@ -358,7 +358,7 @@ class Engine:
         self.calls, self.n, self.recording, self.active = {}, sub.n, True, {}
         try:
             with torch.enable_grad(), self._uses():
-                out = self.adapter.outputs(self.adapter.call(self.net, sub))
+                out = self.adapter.outputs(self.call(sub))
         finally:
             self.recording, self._mode, self.calls = False, "main", {}
         self._templates = {}
@@ -375,6 +375,21 @@ class Engine:
                     counts[n] = counts.get(n, 0) + 1
         self.tied = {n for n, c in counts.items() if c > 1}
 
+    def call(self, batch: Batch) -> Any:
+        """The network on a batch; until the first batch has passed, a failure of the user's forward is
+        reported with the batch's dtypes (the usual cause)."""
+        if self.checked:
+            return self.adapter.call(self.net, batch)
+        try:
+            return self.adapter.call(self.net, batch)
+        except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+            dtypes = [str(t.dtype) for t in batch.tensors()]
+            raise ParameterError(
+                f"data: the network's forward failed on the first batch ({type(exc).__name__}: {exc}); the batch's "
+                f"input dtypes are {dtypes} (floating inputs are cast to the network's dtype, integer inputs such as "
+                "token ids are not)"
+            ) from exc
+
     def _uses(self) -> Any:
         """The mode recording linear uses of parameters outside their modules (none for a plain Sequential)."""
         return contextlib.nullcontext() if self.separable else ParameterUses(self)
@@ -387,7 +402,7 @@ class Engine:
         self.n, self.recording, self._mode = batch.n, True, "probe"
         try:
             with self, torch.enable_grad(), self._uses():
-                out = self.adapter.outputs(self.adapter.call(self.net, batch))
+                out = self.adapter.outputs(self.call(batch))
                 total = sum(o.numel() * o.element_size() for cs in self.calls.values() for c in cs for o in c.outs)
                 total += out.numel() * out.element_size()
         finally:
@@ -449,7 +464,7 @@ class Engine:
                 r.names = [n for n in r.names if n not in orphans]
         self.checked = True
 
-    def _verify(self, batch: Batch, skip: set[str], m: int = 8) -> set[str]:
+    def _verify(self, batch: Batch, skip: set[str], m: int = 3) -> set[str]:
         """Names of parameters whose per-example gradients (from the rules) do not add up to the batch
         gradient for a random cotangent on the first ``m`` examples."""
         m = min(batch.n, m)

@@ -20,9 +20,9 @@ from torch import nn
 
 from ..errors import FisherKLError, ParameterError, RouteError
 from ..matrix import Dense, FisherMatrix, Implicit, lowrank_of
-from ..matrix.base import DenseTooLargeError, all_reduce_sums, check_dense_fits, require_process_group
+from ..matrix.base import DenseTooLargeError, agree, all_reduce_sums, check_dense_fits, require_process_group
 from .batch import Adapter
-from .checkpoint import Checkpoint, batch_digest, net_digest, rank_path
+from .checkpoint import Checkpoint, batch_digest, chain_digest, net_digest, rank_path
 from .data import dataset_size, is_reiterable, iter_raw, n_batches, progress_bar, seed_generator
 from .distributed import broadcast_int, indexed_batches, rank_world, reduce_stat, shard_mode
 from .engine import KINDS, Engine
@@ -117,7 +117,7 @@ def fisher(
         Randomness of ``kind="mc"`` (labels are drawn per batch from a seed, so an implicit Fisher
         reuses the same labels in every product).
     check:
-        On the first batch, verify on 8 examples with a random cotangent that the layer rules' per-example
+        On the first batch, verify on 3 examples with a random cotangent that the layer rules' per-example
         gradients add up to the batch gradient; parameters for which they do not (used outside their
         module's forward) are then handled by torch.func on the whole network, so the result stays exact.
         Examples whose outputs depend on the rest of the batch are refused. Skipped for an
@@ -150,6 +150,11 @@ def fisher(
         raise RouteError(f"unknown kfac_mode {kfac_mode!r}; choose 'expand' or 'reduce'")
     if positions not in ("sum", "mean"):
         raise ParameterError(f"positions must be 'sum' or 'mean', got {positions!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ParameterError(f"batch_size must be an integer >= 1 or None (from memory), got {batch_size!r}")
+    for what, value in (("mc_samples", mc_samples), ("rank", rank), ("checkpoint_every", checkpoint_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ParameterError(f"{what} must be an integer >= 1, got {value!r}")
     if not isinstance(net, nn.Module):
         raise ParameterError(f"net must be a torch.nn.Module, got {type(net).__name__}")
     h = get_head(head)
@@ -160,6 +165,25 @@ def fisher(
     layout = engine.layout
     my_rank, world = rank_world(group) if distributed else (0, 1)
     mode = shard_mode(data, world, shard)
+    if distributed:
+        agree(
+            {
+                "network": net_digest(net)[:16],
+                "kind": kind,
+                "representation": representation,
+                "head": repr(h),
+                "batch_size": batch_size,
+                "kfac_mode": kfac_mode,
+                "mc_samples": mc_samples if kind == "mc" else None,
+                "rank (lowrank)": rank if representation == "lowrank" else None,
+                "positions": positions,
+                "adapter": repr(engine.adapter),
+                "dtype": f"{engine.net_dtype}/{engine.dtype}",
+                "sharding": mode,
+            },
+            group,
+            "fisherkl.nn.fisher(distributed=True)",
+        )
     base = int(torch.randint(0, 2**62, (), generator=generator)) if seed is None else int(seed)
     if distributed and kind == "mc" and seed is None:
         base = broadcast_int(base, group)
@@ -241,13 +265,12 @@ def fisher(
 
         def stream() -> Iterator[Any]:
             for local, (g, raw) in enumerate(own_batches()):
-                if local == 0:
-                    tick.data_hash = batch_digest(raw)
-                    if data_hash is not None and data_hash != tick.data_hash:
+                if ckpt is not None:  # a running hash of every batch read: resuming on other data is refused
+                    tick.data_hash = chain_digest(tick.data_hash, batch_digest(raw))
+                    if local == skip - 1 and data_hash is not None and data_hash != tick.data_hash:
                         raise FisherKLError(
-                            f"checkpoint {ckpt.path if ckpt else ''}: the first batch differs from the one the "
-                            "checkpoint was written with; resuming needs the same data in the same order "
-                            "(no unseeded shuffling)"
+                            f"checkpoint {ckpt.path}: the first {skip} batches differ from those the checkpoint was "
+                            "written with; resuming needs the same data in the same order (no unseeded shuffling)"
                         )
                 if local < skip:
                     continue
@@ -275,6 +298,8 @@ def fisher(
     def done(m: FisherMatrix) -> FisherMatrix:
         """Keep references to the parameters (so that the matrix serves the same network reached another way)."""
         m.param_refs = tuple(weakref.ref(p) for p in engine.params)  # type: ignore[attr-defined]
+        if distributed or _distributed_ready():  # so that F.all_reduce() can tell other networks apart
+            m.source = net_digest(net)[:16]  # type: ignore[attr-defined]
         return m
 
     if representation == "diag":
@@ -382,6 +407,12 @@ class _Counted:
         for g, raw in self.source():
             self.current["index"] = g
             yield raw
+
+
+def _distributed_ready() -> bool:
+    import torch.distributed as dist
+
+    return bool(dist.is_available() and dist.is_initialized())
 
 
 AUTO_BATCH_BYTES = 1024**3

@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from .base import Call, register
 from .linear import LinearPart, PartsRule
 
+KEEP_BYTES = 64 * 1024**2  # a batch's unfolded input kept for the next row chunks up to this size
+
 
 def unfold(x: Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]) -> Tensor:
     """im2col of x ``[n, c, *spatial]`` (already padded) → aᵀ ``[n, c·Πk, T]`` (one copy of a strided view,
@@ -67,12 +69,19 @@ class ConvRule(PartsRule):
 
     def _a_of(self, j: int, cg: int) -> object:
         def a_of(call: Call, sl: slice = slice(None)) -> Tensor:
-            # unfolded per chunk of examples, never kept for the whole batch (it is Πk times the input)
+            # the whole batch's unfolding (Πk times the input) is kept across row chunks only when it is small;
+            # otherwise each chunk of examples is unfolded when it is needed
             m: nn.modules.conv._ConvNd = self.module  # type: ignore[assignment]
+            key = f"unfold{j}"
+            if key in call.cache:
+                return call.cache[key][sl]
             x = self.padded(call, sl)
             if m.groups > 1:
                 x = x[:, j * cg : (j + 1) * cg]
-            return unfold(x, tuple(m.kernel_size), tuple(m.stride), tuple(m.dilation))
+            cols = unfold(x, tuple(m.kernel_size), tuple(m.stride), tuple(m.dilation))
+            if sl == slice(None) and cols.numel() * cols.element_size() <= KEEP_BYTES:
+                call.cache[key] = cols
+            return cols
 
         return a_of
 

@@ -4,30 +4,14 @@ stored transposed, ``[d_in, d_out]``. Registered by name of its module so that f
 
 from __future__ import annotations
 
-from torch import nn
-
 from .base import register
-from .linear import LinearPart, PartsRule, positions_views
+from .linear import LinearRule
 
 
-class HFConv1DRule(PartsRule):
+class HFConv1DRule(LinearRule):
     """y = x W + b with W ``[d_in, d_out]`` on inputs ``[n, *, d_in]``."""
 
-    def __init__(self, module: nn.Module, module_name: str, params: list[tuple[nn.Module, str, str]]) -> None:
-        super().__init__(module, module_name, params)
-        w = module.weight
-        d_in, d_out = int(w.shape[0]), int(w.shape[1])
-        self.parts = [
-            LinearPart(
-                self.name_of(module, "weight"),
-                self.name_of(module, "bias"),
-                tuple(w.shape),
-                d_out,
-                d_in,
-                *positions_views(d_in, d_out),
-                transposed=True,
-            )
-        ]
+    transposed = True
 
 
 register(("transformers.pytorch_utils", "Conv1D"))(HFConv1DRule)

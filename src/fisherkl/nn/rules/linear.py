@@ -45,12 +45,13 @@ class LinearPart:
         d_in: int,
         a_of: Callable[[Call, slice], Tensor],
         g_of: Callable[[Call, Tensor], Tensor],
-        out: int = 0,
+        out: int | slice = 0,
         rows: tuple[int, int] | None = None,
         transposed: bool = False,
         index_input: bool = False,
         bias_rows: tuple[int, int] | None = None,
         bias_len: int | None = None,
+        role: Any = None,
     ) -> None:
         self.weight, self.bias, self.shape = weight, bias, tuple(shape)
         self.d_out, self.d_in = d_out, d_in
@@ -59,6 +60,7 @@ class LinearPart:
         total = self.shape[1] if transposed else self.shape[0]  # the stored weight's rows along d_out
         self.bias_rows = rows if bias_rows is None else bias_rows
         self.bias_len = total if bias_len is None else bias_len
+        self.role = role  # calls with cache["role"] == role are this map's (None: every call of the rule)
 
     @property
     def has_bias(self) -> bool:
@@ -74,28 +76,37 @@ class LinearPart:
         return f"LinearPart({self.weight}{rows}, [{self.d_out}, {self.d_in}])"
 
     # --- views -------------------------------------------------------------------------------------------
+    def mine(self, calls: list[Call]) -> list[Call]:
+        """The calls this map reads (a rule with several maps over different calls tags them with a role)."""
+        return calls if self.role is None else [c for c in calls if c.cache.get("role") == self.role]
+
     def at(self, calls: list[Call], sl: slice = ALL) -> Tensor:
         """aᵀ ``[m, d_in, T]`` (indices ``[m, T]``) of the examples ``sl``, positions of all calls concatenated."""
-        parts = [self.a_of(c, sl) for c in calls]
+        parts = [self.a_of(c, sl) for c in self.mine(calls)]
         return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
 
     def chunks(self, calls: list[Call], limit: int | None = None) -> list[slice]:
         """Example slices whose inputs aᵀ stay under ``CHUNK_BYTES`` (and ``limit`` examples)."""
+        calls = self.mine(calls)
         n = calls[0].n
         key = f"chunk:{id(self)}"
         if key not in calls[0].cache:
             one = self.at(calls, slice(0, 1))
             calls[0].cache[key] = max(1, CHUNK_BYTES // max(1, one.numel() * one.element_size()))
         step = calls[0].cache[key] if limit is None else max(1, min(limit, calls[0].cache[key]))
+        if step >= n:
+            return [ALL]
         return [slice(i, min(n, i + step)) for i in range(0, n, step)]
 
     def gt(self, calls: list[Call]) -> Tensor:
         """gᵀ ``[R, n, d_out, T]``, positions of all calls concatenated."""
-        parts = [self.g_of(c, c.grads[self.out]) for c in calls]
+        parts = [self.g_of(c, c.grads[self.out]) for c in self.mine(calls)]
         return parts[0] if len(parts) == 1 else torch.cat(parts, -1)
 
     def gt_row(self, call: Call, r: int) -> Tensor:
         """gᵀ ``[n, d_out, T]`` of cotangent row r of one call (no stacking)."""
+        if isinstance(self.out, slice):  # one output per position (a recurrent step)
+            return self.g_of(call, [rows[r].unsqueeze(0) for rows in call.rows[self.out]])[0]
         return self.g_of(call, call.rows[self.out][r].unsqueeze(0))[0]
 
     # --- assembling parameter-shaped results ------------------------------------------------------------
@@ -140,21 +151,34 @@ class LinearPart:
             w = torch.stack([_weight_pe(gt[r], at) for r in range(gt.shape[0])])
         return w, b
 
+    def row_views(self, calls: list[Call]) -> list[Tensor]:
+        """gᵀ ``[n, d_out, T]`` for each cotangent row, without stacking the rows (views of the backward's
+        results when the map has one call)."""
+        own = self.mine(calls)
+        if len(own) == 1:
+            return [self.gt_row(own[0], r) for r in range(own[0].n_rows)]
+        return list(self.gt(calls).unbind(0))
+
     def sq_sum(self, calls: list[Call], chunk: int) -> tuple[Tensor, Tensor | None]:
-        """Σ over rows and examples of squared per-example gradients: (``[d_out, d_in]``, ``[d_out]``)."""
-        gt = self.gt(calls)
-        sb = gt.sum(-1).square_().sum((0, 1)) if self.has_bias else None
+        """Σ over rows and examples of squared per-example gradients: (``[d_out, d_in]``, ``[d_out]``), row by
+        row (no stacked copy of the rows' gradients)."""
         if self.index_input:
+            gt = self.gt(calls)
+            sb = gt.sum(-1).square_().sum((0, 1)) if self.has_bias else None
             return self._sq_sum_index(self.at(calls), gt), sb
-        if gt.shape[-1] == 1:  # no weight sharing: Σ g² a² without per-example gradients
+        rows = self.row_views(calls)
+        sb = None
+        if self.has_bias:
+            sb = sum(g.sum(-1).square().sum(0) for g in rows)  # type: ignore[assignment]
+        if rows[0].shape[-1] == 1:  # no weight sharing: Σ g² a² without per-example gradients
             at = self.at(calls)
-            g2 = gt[..., 0].square().sum(0)  # [n, d_out]
-            return g2.T @ at[..., 0].square(), sb
-        sw = torch.zeros(self.d_out, self.d_in, dtype=gt.dtype, device=gt.device)
-        for sl in self.chunks(calls, max(1, chunk * gt.shape[0])):  # the caller's chunk counts R rows per example
+            g2 = sum(g[..., 0].square() for g in rows)  # [n, d_out]
+            return g2.T @ at[..., 0].square(), sb  # type: ignore[union-attr]
+        sw = torch.zeros(self.d_out, self.d_in, dtype=rows[0].dtype, device=rows[0].device)
+        for sl in self.chunks(calls, max(1, chunk * len(rows))):  # the caller's chunk counts R rows per example
             at = self.at(calls, sl)
-            for r in range(gt.shape[0]):
-                sw += _weight_pe(gt[r, sl], at).square_().sum(0)
+            for g in rows:
+                sw += _weight_pe(g[sl], at).square_().sum(0)
         return sw, sb
 
     def _sq_sum_index(self, idx: Tensor, gt: Tensor) -> Tensor:
@@ -190,12 +214,13 @@ class LinearPart:
         return total, rows
 
     def _dtype(self, calls: list[Call]) -> torch.dtype:
-        return calls[0].rows[self.out][0].dtype
+        return self.gt_row(self.mine(calls)[0], 0).dtype
 
     def kfac_g(self, calls: list[Call], mode: str) -> Tensor:
         """Σ g gᵀ over rows r, examples and positions (expand) or of the position-sum g (reduce)."""
-        if len(calls) == 1 and mode == "expand":  # row by row: no stacked copy of the gradients
-            return sum(_g_gram(self.gt_row(calls[0], r)[None], self.d_out) for r in range(calls[0].n_rows))  # type: ignore[return-value]
+        own = self.mine(calls)
+        if len(own) == 1 and mode == "expand":  # row by row: no stacked copy of the gradients
+            return sum(_g_gram(self.gt_row(own[0], r)[None], self.d_out) for r in range(own[0].n_rows))  # type: ignore[return-value]
         gt = self.gt(calls)
         if mode == "reduce" or gt.shape[-1] == 1:
             return _gram(gt.sum(-1).reshape(-1, self.d_out).T)
@@ -204,25 +229,25 @@ class LinearPart:
     def ekfac_s(self, calls: list[Call], qg: Tensor, qa: Tensor | None, chunk: int) -> Tensor:
         """Σ over rows and examples of (Q_Gᵀ Ĝₙ Q_A)² ``[d_out, width]`` (Ĝₙ the per-example gradient;
         Q_A None means the identity, as for a one-hot input)."""
-        gt = self.gt(calls)
-        g = gt.transpose(-1, -2) @ qg  # [R, n, T, d_out]
         if self.index_input:
+            g = self.gt(calls).transpose(-1, -2) @ qg  # [R, n, T, d_out]
             seg, uniq = _segment_sums(self.at(calls), g.transpose(-1, -2), self.d_in)
             out = g.new_zeros(self.d_in, self.d_out)
             out.index_add_(0, uniq, seg.square().sum(0))
             return out.T
-        out = torch.zeros(self.d_out, self.width, dtype=g.dtype, device=g.device)
+        rows = [g.transpose(-1, -2) @ qg for g in self.row_views(calls)]  # each [n, T, d_out]
+        out = torch.zeros(self.d_out, self.width, dtype=rows[0].dtype, device=rows[0].device)
         for sl in self.chunks(calls, chunk):
             a = self.at(calls, sl).transpose(1, 2)
             if self.has_bias:
                 a = torch.cat([a, a.new_ones((*a.shape[:-1], 1))], -1)
             if qa is not None:
                 a = a @ qa  # [m, T, width]
-            if a.shape[1] == 1:
-                out += ((g[:, sl, 0] ** 2).sum(0)).T @ (a[:, 0] ** 2)
-                continue
-            for r in range(g.shape[0]):
-                out += torch.bmm(g[r, sl].transpose(1, 2), a).square_().sum(0)
+            for g in rows:
+                if a.shape[1] == 1:
+                    out += (g[sl, 0] ** 2).T @ (a[:, 0] ** 2)
+                else:
+                    out += torch.bmm(g[sl].transpose(1, 2), a).square_().sum(0)
         return out
 
 
@@ -295,12 +320,17 @@ class PartsRule(Rule):
 
 
 class LinearRule(PartsRule):
-    """``nn.Linear`` on inputs ``[n, *, d_in]`` (positions * share the weight): one :class:`LinearPart`."""
+    """``nn.Linear`` on inputs ``[n, *, d_in]`` (positions * share the weight): one :class:`LinearPart`.
+    ``transposed``: the weight is stored ``[d_in, d_out]`` (HuggingFace's Conv1D)."""
+
+    transposed = False
 
     def __init__(self, module: nn.Module, module_name: str, params: list[tuple[nn.Module, str, str]]) -> None:
         super().__init__(module, module_name, params)
         w = module.weight
         d_out, d_in = int(w.shape[0]), int(w[0].numel())
+        if self.transposed:
+            d_out, d_in = d_in, d_out
         self.parts = [
             LinearPart(
                 self.name_of(module, "weight"),
@@ -309,6 +339,7 @@ class LinearRule(PartsRule):
                 d_out,
                 d_in,
                 *positions_views(d_in, d_out),
+                transposed=self.transposed,
             )
         ]
 

@@ -50,6 +50,16 @@ class NormRule(Rule):
 def _sum(t: Tensor, dims: tuple[int, ...]) -> Tensor:
     return t.sum(dims) if dims else t  # (an empty dims tuple would sum everything)
 
+    def sq_sum(self, calls: list[Call], chunk: int) -> dict[str, Tensor]:
+        """Σ over rows and examples of the squared per-example gradients (x̂ computed once per call)."""
+        out: dict[str, Tensor] = {}
+        n = calls[0].n
+        for sl in [slice(i, i + chunk) for i in range(0, n, max(1, chunk))] if chunk < n else [slice(0, n)]:
+            for k, v in self.per_example(calls, sl).items():
+                s = v.square().sum((0, 1))
+                out[k] = out[k] + s if k in out else s
+        return out
+
 
 class LayerNormRule(NormRule):
     def normalised(self, x: Tensor) -> Tensor:
