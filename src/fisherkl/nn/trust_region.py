@@ -1,0 +1,313 @@
+"""A KL trust region that holds: the exact Fisher and the exact KL of a step, on one batch.
+
+Whatever Fisher representation preconditions a step δ, its size is measured with the **exact**
+Fisher of the current batch and confirmed by the **exact** KL of that batch — the approximation
+chooses the direction, never the guarantee. For a network f(x; w) with head p(y | f) and inputs
+x₁..xₙ (Jₙ = ∂f(xₙ)/∂w):
+
+    ½ δᵀ F δ = (1/n) Σₙ ½ uₙᵀ I_head(fₙ) uₙ,   uₙ = Jₙ δ      one forward pass carrying a tangent (jvp)
+    F v      = (1/n) Σₙ Jₙᵀ I_head(fₙ) Jₙ v                  jvp → head Fisher → vjp (for conjugate gradients)
+    KL(s)    = (1/n) Σₙ KL[p(y | f(xₙ; w)) ‖ p(y | f(xₙ; w + s δ))]     forward passes only
+
+(the exact-kind Fisher and mean KL of :func:`fisherkl.nn.fisher` and :func:`fisherkl.nn.kl`, on one
+batch, without re-validating the network at every product). :func:`kl_line_search` then finds a
+scale s ∈ (0, 1] whose exact KL is at most ``max_kl`` — and at least half of it when the step had to
+be shortened — as TRPO's backtracking line search does, with the backtracking steered by the measured
+KL instead of fixed halvings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from ..errors import FisherKLError, ParameterError
+from .heads import Head, get_head
+from .params import preserved_parameters
+
+#: where a shortened step aims, as a fraction of max_kl: inside the boundary by more than the cubic term
+#: of the KL usually moves it, so that one evaluation of the exact KL usually confirms the step
+TARGET = 0.95
+
+
+def input_batches(data: Any) -> list[Tensor]:
+    """The inputs x of ``data``: a tensor x, a tuple/list (x,) or (x, y), or an iterable of such batches."""
+    if isinstance(data, Tensor):
+        return [data]
+    if isinstance(data, (tuple, list)) and data and all(isinstance(t, Tensor) for t in data):
+        if len(data) > 2:
+            raise ParameterError(f"data: a tuple of tensors must be (x,) or (x, y), got {len(data)} tensors")
+        return [data[0]]
+    if not isinstance(data, Iterable):
+        raise ParameterError(
+            "data for the trust region must be a tensor x, a pair (x, y) or an iterable of batches; "
+            f"got {type(data).__name__}"
+        )
+    out = []
+    for item in data:
+        if isinstance(item, Tensor):
+            out.append(item)
+        elif isinstance(item, (tuple, list)) and item and isinstance(item[0], Tensor):
+            out.append(item[0])
+        else:
+            raise ParameterError(f"data: each batch must be a tensor x or a pair (x, y), got {type(item).__name__}")
+    if not out or sum(int(x.shape[0]) for x in out) == 0:
+        raise ParameterError("data for the trust region has no examples")
+    return out
+
+
+def _as_input(x: Tensor, like: Tensor) -> Tensor:
+    return x.to(dtype=like.dtype, device=like.device) if x.is_floating_point() else x.to(device=like.device)
+
+
+class BatchGeometry:
+    """The exact Fisher and the exact KL of ``net`` (parameters ``params``) on one batch of inputs.
+
+    Parameters
+    ----------
+    net:
+        The network; used in its current mode. Passes made here run on copies of its buffers (e.g.
+        BatchNorm running statistics), so measuring a step has no side effect.
+    params:
+        The parameters a step moves, in the step's flat order (a subset of ``net``'s parameters; the
+        others are held fixed).
+    data:
+        The batch: x ``[n, ...]``, ``(x, y)``, or an iterable of batches (labels are not used: the exact
+        Fisher and KL take the expectation over the model's own y).
+    head:
+        The output distribution (a name or a :class:`~fisherkl.nn.heads.Head`).
+
+    ``quad(δ)`` = δᵀFδ and ``mv(v)`` = F v at the parameters w the batch was given at (whatever the
+    parameters are now), ``kl(δ, s)`` = mean KL between w and w + sδ; ``place(δ, s)`` sets the parameters
+    to w + sδ and ``restore()`` back to w (bit for bit). Flat vectors are ``[p]`` in the parameters' dtype.
+    """
+
+    def __init__(self, net: nn.Module, params: Sequence[Tensor], data: Any, head: str | Head | Any) -> None:
+        if not isinstance(net, nn.Module):
+            raise ParameterError(f"net must be a torch.nn.Module, got {type(net).__name__}")
+        self.net = net
+        self.params = list(params)
+        if not self.params:
+            raise ParameterError("the trust region needs at least one parameter to move")
+        names = {id(p): n for n, p in net.named_parameters()}
+        missing = [i for i, p in enumerate(self.params) if id(p) not in names]
+        if missing:
+            raise ParameterError(f"parameters {missing} (in the step's order) are not parameters of net")
+        self.names = [names[id(p)] for p in self.params]
+        self.head = get_head(head)
+        like = self.params[0]
+        self.inputs = [_as_input(x, like) for x in input_batches(data)]
+        self.n = sum(int(x.shape[0]) for x in self.inputs)
+        if self.n == 0:
+            raise ParameterError("data for the trust region has no examples")
+        self.start = [p.detach().clone() for p in self.params]
+        self._buffers = [(b, b.detach().clone()) for b in net.buffers()]
+        with torch.no_grad():
+            self.outputs = [self.head.check(self._call(x, {})).detach() for x in self.inputs]
+        self._graph: list[Tensor] | None = None
+        self._leaves: list[Tensor] = []
+        self.n_products = 0
+
+    @property
+    def p(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+    def _call(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
+        """net(x) with ``params`` substituted, on copies of the buffers (a forward pass here updates no
+        BatchNorm statistics, and no later restore can invalidate a graph that saved them)."""
+        state = {n: b.clone() for n, b in self.net.named_buffers()}
+        with preserved_parameters(self.net):
+            return functional_call(self.net, {**state, **params}, (x,))
+
+    def restore_buffers(self) -> None:
+        """Put the network's buffers back to their values when the batch was given (after a user's loss)."""
+        with torch.no_grad():
+            for b, saved in self._buffers:
+                b.copy_(saved)
+
+    def _split(self, flat: Tensor, what: str) -> list[Tensor]:
+        if flat.ndim != 1 or flat.shape[0] != self.p:
+            raise ParameterError(f"{what} must have shape [{self.p}], got {tuple(flat.shape)}")
+        out, at = [], 0
+        for p in self.params:
+            out.append(flat[at : at + p.numel()].reshape(p.shape).to(p.dtype))
+            at += p.numel()
+        return out
+
+    def jvp(self, v: Tensor) -> list[Tensor]:
+        """u = J v per batch ``[n_b, C]``: one forward pass carrying the tangent v (forward-mode AD)."""
+        tangents = self._split(v, "v")
+        out = []
+        with torch.no_grad():
+            for x, f0 in zip(self.inputs, self.outputs):
+                with fwAD.dual_level():
+                    duals = {n: fwAD.make_dual(w, t) for n, w, t in zip(self.names, self.start, tangents)}
+                    u = fwAD.unpack_dual(self._call(x, duals)).tangent
+                out.append(torch.zeros_like(f0) if u is None else u)
+        return out
+
+    def quad(self, v: Tensor) -> float:
+        """vᵀ F v with the exact Fisher of the batch (½·quad(δ) predicts the mean KL of the step δ)."""
+        total = 0.0
+        for u, f0 in zip(self.jvp(v), self.outputs):
+            total += float((u * self.head.fisher_mv(f0, u)).sum())
+        return total / self.n
+
+    def mv(self, v: Tensor) -> Tensor:
+        """F v with the exact Fisher of the batch: jvp → head Fisher → vjp (through one cached graph)."""
+        if self._graph is None:
+            self._leaves = [w.detach().requires_grad_(True) for w in self.start]
+            with torch.enable_grad():
+                leaves = dict(zip(self.names, self._leaves))
+                self._graph = [self.head.check(self._call(x, leaves)) for x in self.inputs]
+        w = [self.head.fisher_mv(f0, u) for u, f0 in zip(self.jvp(v), self.outputs)]
+        with torch.enable_grad():
+            grads = torch.autograd.grad(
+                self._graph, self._leaves, w, retain_graph=True, allow_unused=True, materialize_grads=True
+            )
+        self.n_products += 1
+        return torch.cat([g.reshape(-1) for g in grads]).to(v.dtype) / self.n
+
+    def place(self, delta: Sequence[Tensor], scale: float) -> None:
+        """Set the parameters to w + scale·δ (δ parameter-shaped, as from :meth:`split`)."""
+        with torch.no_grad():
+            for p, w, d in zip(self.params, self.start, delta):
+                if scale == 0.0:
+                    p.copy_(w)
+                else:
+                    p.copy_(torch.add(w, d, alpha=scale))
+
+    def restore(self) -> None:
+        """Put the parameters back to where they were (bit for bit)."""
+        with torch.no_grad():
+            for p, w in zip(self.params, self.start):
+                p.copy_(w)
+
+    def split(self, delta: Tensor) -> list[Tensor]:
+        """A flat step ``[p]`` as parameter-shaped tensors."""
+        return self._split(delta, "delta")
+
+    def kl(self, delta: Sequence[Tensor], scale: float) -> float:
+        """The exact mean KL[p(·|w) ‖ p(·|w + scale·δ)] over the batch (the parameters are left at w + scale·δ)."""
+        self.place(delta, scale)
+        total = 0.0
+        with torch.no_grad():
+            for x, f0 in zip(self.inputs, self.outputs):
+                f = self.head.check(self._call(x, {}))
+                total += float(self.head.kl(f0, f).sum())
+        return total / self.n
+
+
+def conjugate_gradient(
+    mv: Callable[[Tensor], Tensor], b: Tensor, damping: float, iterations: int, rtol: float = 1e-10
+) -> tuple[Tensor, int, float]:
+    """x ≈ (F + damping·I)⁻¹ b by at most ``iterations`` conjugate-gradient steps (TRPO's truncated CG).
+
+    Stops early when ‖r‖ ≤ rtol·‖b‖. Returns x, the number of products taken and the relative residual
+    ‖b − (F + damping·I)x‖/‖b‖ (tracked by the recursion).
+    """
+    x = torch.zeros_like(b)
+    bnorm = float(b.norm())
+    if bnorm == 0.0:
+        return x, 0, 0.0
+    r = b.clone()
+    d = r.clone()
+    rs = float(r @ r)
+    taken = 0
+    for _ in range(iterations):
+        if math.sqrt(rs) <= rtol * bnorm:
+            break
+        q = mv(d) + damping * d
+        taken += 1
+        curvature = float(d @ q)
+        if not curvature > 0:  # a null direction of an undamped F: x so far is the best this Krylov space gives
+            break
+        alpha = rs / curvature
+        x = x + alpha * d
+        r = r - alpha * q
+        rs_new = float(r @ r)
+        d = r + (rs_new / rs) * d
+        rs = rs_new
+    if not bool(torch.isfinite(x).all()):
+        raise FisherKLError("conjugate gradients diverged (NaN/inf); raise damping")
+    return x, taken, math.sqrt(rs) / bnorm
+
+
+@dataclass
+class LineSearchResult:
+    """The accepted scale (0 when no scale was acceptable: the step is rejected), its exact KL and loss."""
+
+    scale: float
+    kl: float
+    loss: float | None
+    evaluations: int
+    accepted: bool
+
+
+def kl_line_search(
+    kl_at: Callable[[float], float],
+    max_kl: float,
+    first: float = 1.0,
+    *,
+    loss_at: Callable[[float], float] | None = None,
+    loss0: float | None = None,
+    max_backtracks: int = 10,
+    accept_ratio: float = 0.5,
+    target: float = TARGET,
+    shrink: float = 0.5,
+) -> LineSearchResult:
+    """A scale s ∈ (0, 1] with KL(s) ≤ max_kl (and loss(s) < loss0 when ``loss_at`` is given).
+
+    Tries ``first`` (the scale at which the exact Fisher predicts max_kl, capped at 1), then at most
+    ``max_backtracks`` more scales. A scale that overshoots is replaced by s·√(target·max_kl / KL(s))
+    (the quadratic model refitted to the measured KL), one that fails the loss by s·``shrink``; a feasible
+    scale below 1 whose KL is under ``accept_ratio``·max_kl is grown the same way. Every proposal stays
+    strictly inside the bracket (largest feasible, smallest infeasible) and falls back to its midpoint.
+    The largest feasible scale seen is returned; none at all rejects the step (scale 0).
+    """
+    lo, hi = 0.0, math.inf
+    best: LineSearchResult | None = None
+    s = min(1.0, float(first))
+    evaluations = 0
+    for _ in range(max_backtracks + 1):
+        k = kl_at(s)
+        evaluations += 1
+        kl_ok = math.isfinite(k) and k <= max_kl
+        loss: float | None = None
+        loss_ok = True
+        if kl_ok and loss_at is not None:
+            loss = loss_at(s)
+            loss_ok = math.isfinite(loss) and loss0 is not None and loss < loss0
+        if kl_ok and loss_ok:
+            lo = s
+            if best is None or s > best.scale:
+                best = LineSearchResult(s, k, loss, evaluations, True)
+            if s >= 1.0 or k >= accept_ratio * max_kl:
+                break
+            nxt = s * math.sqrt(target * max_kl / k) if k > 0 else 2.0 * s
+        else:
+            hi = s
+            if kl_ok:
+                nxt = s * shrink
+            else:
+                nxt = s * math.sqrt(target * max_kl / k) if math.isfinite(k) and k > 0 else s * shrink
+        nxt = min(nxt, 1.0)
+        if not lo < nxt < hi:
+            nxt = 0.5 * (lo + hi) if math.isfinite(hi) else min(1.0, 2.0 * s)
+        if nxt == s or nxt <= 0.0:
+            break
+        s = nxt
+    if best is None:
+        return LineSearchResult(0.0, 0.0, None, evaluations, False)
+    best.evaluations = evaluations
+    return best
+
+
+__all__ = ["TARGET", "BatchGeometry", "LineSearchResult", "conjugate_gradient", "input_batches", "kl_line_search"]
