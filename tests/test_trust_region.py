@@ -270,14 +270,15 @@ def test_a_fisher_computed_elsewhere_with_the_exact_trust_region():
     c=st.floats(-0.6, 3.0),
     max_kl=st.sampled_from([1e-4, 1e-2, 1.0]),
     first=st.floats(0.01, 1.0),
+    known_curvature=st.booleans(),
 )
-def test_line_search_on_a_known_kl_curve(a, c, max_kl, first):
+def test_line_search_on_a_known_kl_curve(a, c, max_kl, first, known_curvature):
     """KL(s) = a·s²·(1 + c·s), increasing on [0, 1] for c > −2/3: the accepted scale is checked on the curve."""
 
     def curve(s: float) -> float:
         return a * s * s * (1 + c * s)
 
-    res = kl_line_search(curve, max_kl, first, max_backtracks=10)
+    res = kl_line_search(curve, max_kl, first, curvature=a if known_curvature else None, max_backtracks=10)
     assert res.accepted and 0 < res.scale <= 1
     assert curve(res.scale) == pytest.approx(res.kl, rel=1e-12)
     assert curve(res.scale) <= max_kl

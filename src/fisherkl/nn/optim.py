@@ -88,7 +88,8 @@ class NaturalGradient(torch.optim.Optimizer):
         applies to the whole step.
     line_search:
         ``"kl"`` (default): backtrack on the exact KL of the batch (forward passes only) until
-        KL ≤ max_kl — and, when the step had to be shortened, KL ≥ ½·max_kl; ``"kl+loss"``: also require
+        KL ≤ max_kl, aiming at 0.95·max_kl and accepting from 0.8·max_kl when the step had to be
+        shortened (else the largest feasible scale tried); ``"kl+loss"``: also require
         the loss to decrease (the loss comes from ``step(loss=fn)``, a forward-only callable, or else from
         the closure); ``None``: only the exact quadratic scaling (the KL is measured and reported, not
         enforced). A step for which no scale is acceptable within ``max_backtracks`` further tries is
@@ -411,6 +412,7 @@ class NaturalGradient(torch.optim.Optimizer):
                 lambda s: geom.kl(parts, s),
                 cap,
                 first,
+                curvature=quad,
                 loss_at=loss_at,
                 loss0=loss0,
                 max_backtracks=self.max_backtracks,

@@ -11,9 +11,9 @@ x₁..xₙ (Jₙ = ∂f(xₙ)/∂w):
 
 (the exact-kind Fisher and mean KL of :func:`fisherkl.nn.fisher` and :func:`fisherkl.nn.kl`, on one
 batch, without re-validating the network at every product). :func:`kl_line_search` then finds a
-scale s ∈ (0, 1] whose exact KL is at most ``max_kl`` — and at least half of it when the step had to
-be shortened — as TRPO's backtracking line search does, with the backtracking steered by the measured
-KL instead of fixed halvings.
+scale s ∈ (0, 1] whose exact KL is at most ``max_kl`` — and at least 0.8 of it when the step had to be
+shortened, whenever ``max_backtracks`` allows — as TRPO's backtracking line search does, with the
+backtracking steered by the measured KL instead of fixed halvings.
 """
 
 from __future__ import annotations
@@ -251,29 +251,75 @@ class LineSearchResult:
     accepted: bool
 
 
+def _aim(s: float, k: float, goal: float, curvature: float | None) -> float:
+    """The scale where a model of KL(t) through KL(0) = 0, fitted to the measured KL(s) = k, reaches ``goal``.
+
+    With ``curvature`` q (KL(t) ≈ q·t² near 0, from the exact Fisher) the model is q·t² + c·t³, c fitted to
+    (s, k): it follows a KL that grows faster or slower than the quadratic form. Without it (or when the
+    cubic never reaches the goal) the model is the quadratic refitted to the point, s·√(goal/k).
+    """
+    fallback = s * math.sqrt(goal / k)
+    if curvature is None or not curvature > 0:
+        return fallback
+    c = (k - curvature * s * s) / s**3
+
+    def f(t: float) -> float:
+        return curvature * t * t + c * t**3 - goal
+
+    if k > goal:
+        a, b = 0.0, s
+    else:
+        a = s
+        if c >= 0:
+            b = 2.0 * s
+            for _ in range(200):
+                if f(b) >= 0:
+                    break
+                b *= 2.0
+            else:
+                return fallback
+        else:
+            b = -2.0 * curvature / (3.0 * c)  # the cubic's peak
+            if b <= s or f(b) < 0:
+                return fallback
+    for _ in range(100):  # bisection on a scalar cubic: exact to rounding
+        m = 0.5 * (a + b)
+        if f(m) < 0:
+            a = m
+        else:
+            b = m
+    return 0.5 * (a + b)
+
+
 def kl_line_search(
     kl_at: Callable[[float], float],
     max_kl: float,
     first: float = 1.0,
     *,
+    curvature: float | None = None,
     loss_at: Callable[[float], float] | None = None,
     loss0: float | None = None,
     max_backtracks: int = 10,
-    accept_ratio: float = 0.5,
+    accept_ratio: float = 0.8,
     target: float = TARGET,
     shrink: float = 0.5,
 ) -> LineSearchResult:
     """A scale s ∈ (0, 1] with KL(s) ≤ max_kl (and loss(s) < loss0 when ``loss_at`` is given).
 
-    Tries ``first`` (the scale at which the exact Fisher predicts max_kl, capped at 1), then at most
-    ``max_backtracks`` more scales. A scale that overshoots is replaced by s·√(target·max_kl / KL(s))
-    (the quadratic model refitted to the measured KL), one that fails the loss by s·``shrink``; a feasible
-    scale below 1 whose KL is under ``accept_ratio``·max_kl is grown the same way. Every proposal stays
-    strictly inside the bracket (largest feasible, smallest infeasible) and falls back to its midpoint.
-    The largest feasible scale seen is returned; none at all rejects the step (scale 0).
+    Tries ``first``, then at most ``max_backtracks`` more scales, aiming at ``target``·max_kl. A scale whose
+    KL overshoots, or a feasible scale below 1 whose KL is under ``accept_ratio``·max_kl, is replaced by the
+    scale where the KL is predicted to reach the aim: by a secant of log KL against log s when the aim is
+    bracketed by two measured scales, otherwise by the cubic model of :func:`_aim` (``curvature`` = ½δᵀFδ of
+    the unit step by the exact Fisher, so KL(s) ≈ curvature·s² near 0). A scale that fails the loss is
+    multiplied by ``shrink`` (classic backtracking). Every proposal stays strictly inside the bracket (largest
+    acceptable, smallest unacceptable scale) and falls back to its midpoint. The largest acceptable scale seen
+    is returned; none at all rejects the step (scale 0).
     """
     lo, hi = 0.0, math.inf
+    below: tuple[float, float] | None = None  # (s, KL) at the largest acceptable s with KL > 0
+    above: tuple[float, float] | None = None  # (s, KL) at the smallest s whose finite KL overshoots
     best: LineSearchResult | None = None
+    goal = target * max_kl
     s = min(1.0, float(first))
     evaluations = 0
     for _ in range(max_backtracks + 1):
@@ -287,17 +333,25 @@ def kl_line_search(
             loss_ok = math.isfinite(loss) and loss0 is not None and loss < loss0
         if kl_ok and loss_ok:
             lo = s
+            if k > 0:
+                below = (s, k)
             if best is None or s > best.scale:
                 best = LineSearchResult(s, k, loss, evaluations, True)
             if s >= 1.0 or k >= accept_ratio * max_kl:
                 break
-            nxt = s * math.sqrt(target * max_kl / k) if k > 0 else 2.0 * s
         else:
             hi = s
-            if kl_ok:
-                nxt = s * shrink
-            else:
-                nxt = s * math.sqrt(target * max_kl / k) if math.isfinite(k) and k > 0 else s * shrink
+            if not kl_ok and math.isfinite(k):
+                above = (s, k)
+        if kl_ok and not loss_ok:
+            nxt = s * shrink
+        elif not math.isfinite(k) or k <= 0:
+            nxt = s * shrink if not kl_ok else 2.0 * s
+        elif below is not None and above is not None and below[0] < above[0] and below[1] < above[1]:
+            (a, ka), (b, kb) = below, above
+            nxt = math.exp(math.log(a) + (math.log(goal) - math.log(ka)) * math.log(b / a) / math.log(kb / ka))
+        else:
+            nxt = _aim(s, k, goal, curvature)
         nxt = min(nxt, 1.0)
         if not lo < nxt < hi:
             nxt = 0.5 * (lo + hi) if math.isfinite(hi) else min(1.0, 2.0 * s)
