@@ -106,7 +106,9 @@ class NaturalGradient(torch.optim.Optimizer):
     seed:
         Seeds the Monte Carlo labels of refresh i as ``seed + i``, so a resumed run is identical.
     fisher_kwargs:
-        Passed to :func:`fisherkl.nn.fisher` (e.g. ``batch_size``, ``kfac_mode``).
+        Passed to :func:`fisherkl.nn.fisher` (e.g. ``batch_size``, ``kfac_mode``). With
+        ``distributed=True`` (and ``group``) the trust region and the conjugate gradients are also taken
+        over every rank's batch (all-reduced), so all ranks take the same step.
 
     After each step, ``opt.last_step`` holds ``predicted_kl`` (½δᵀF_exactδ of the accepted step),
     ``unclipped_kl`` (the same for the proposed step), ``exact_kl`` (its measured mean KL on the
@@ -328,7 +330,9 @@ class NaturalGradient(torch.optim.Optimizer):
                 "or pass fisher_data= to the constructor"
             )
         assert self.net is not None
-        return BatchGeometry(self.net, self._params, batch, self.head)
+        distributed = bool(self.fisher_kwargs.get("distributed", False))
+        group = self.fisher_kwargs.get("group")
+        return BatchGeometry(self.net, self._params, batch, self.head, distributed=distributed, group=group)
 
     def _gradient(self, dtype: torch.dtype) -> Tensor:
         group_of = {id(p): g for g in self.param_groups for p in g["params"]}

@@ -83,13 +83,27 @@ class BatchGeometry:
         Fisher and KL take the expectation over the model's own y).
     head:
         The output distribution (a name or a :class:`~fisherkl.nn.heads.Head`).
+    distributed, group:
+        ``distributed=True``: every rank of the initialised ``torch.distributed`` process ``group`` holds
+        its own batch, and every quantity here is the mean over all ranks' examples (sums and counts are
+        all-reduced), so all ranks see the same numbers and take the same step. Every rank must call
+        each method together.
 
     ``quad(δ)`` = δᵀFδ and ``mv(v)`` = F v at the parameters w the batch was given at (whatever the
     parameters are now), ``kl(δ, s)`` = mean KL between w and w + sδ; ``place(δ, s)`` sets the parameters
     to w + sδ and ``restore()`` back to w (bit for bit). Flat vectors are ``[p]`` in the parameters' dtype.
     """
 
-    def __init__(self, net: nn.Module, params: Sequence[Tensor], data: Any, head: str | Head | Any) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        params: Sequence[Tensor],
+        data: Any,
+        head: str | Head | Any,
+        *,
+        distributed: bool = False,
+        group: Any = None,
+    ) -> None:
         if not isinstance(net, nn.Module):
             raise ParameterError(f"net must be a torch.nn.Module, got {type(net).__name__}")
         self.net = net
@@ -104,7 +118,10 @@ class BatchGeometry:
         self.head = get_head(head)
         like = self.params[0]
         self.inputs = [_as_input(x, like) for x in input_batches(data)]
-        self.n = sum(int(x.shape[0]) for x in self.inputs)
+        self.distributed, self.group = bool(distributed), group
+        self.n = int(
+            self._sum(torch.tensor([float(sum(int(x.shape[0]) for x in self.inputs))], dtype=torch.float64))[0]
+        )
         if self.n == 0:
             raise ParameterError("data for the trust region has no examples")
         self.start = [p.detach().clone() for p in self.params]
@@ -125,6 +142,18 @@ class BatchGeometry:
         state = {n: b.clone() for n, b in self.net.named_buffers()}
         with preserved_parameters(self.net):
             return functional_call(self.net, {**state, **params}, (x,))
+
+    def _sum(self, t: Tensor) -> Tensor:
+        """``t`` summed over the ranks (itself when not distributed)."""
+        if not self.distributed:
+            return t
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise FisherKLError("distributed=True but torch.distributed is not initialised")
+        out = t.detach().to(torch.float64).clone()
+        dist.all_reduce(out, group=self.group)
+        return out
 
     def restore_buffers(self) -> None:
         """Put the network's buffers back to their values when the batch was given (after a user's loss)."""
@@ -158,7 +187,7 @@ class BatchGeometry:
         total = 0.0
         for u, f0 in zip(self.jvp(v), self.outputs):
             total += float((u * self.head.fisher_mv(f0, u)).sum())
-        return total / self.n
+        return float(self._sum(torch.tensor([total], dtype=torch.float64))[0]) / self.n
 
     def mv(self, v: Tensor) -> Tensor:
         """F v with the exact Fisher of the batch: jvp → head Fisher → vjp (through one cached graph)."""
@@ -173,7 +202,7 @@ class BatchGeometry:
                 self._graph, self._leaves, w, retain_graph=True, allow_unused=True, materialize_grads=True
             )
         self.n_products += 1
-        return torch.cat([g.reshape(-1) for g in grads]).to(v.dtype) / self.n
+        return (self._sum(torch.cat([g.reshape(-1) for g in grads])) / self.n).to(v.dtype)
 
     def place(self, delta: Sequence[Tensor], scale: float) -> None:
         """Set the parameters to w + scale·δ (δ parameter-shaped, as from :meth:`split`)."""
@@ -202,7 +231,7 @@ class BatchGeometry:
             for x, f0 in zip(self.inputs, self.outputs):
                 f = self.head.check(self._call(x, {}))
                 total += float(self.head.kl(f0, f).sum())
-        return total / self.n
+        return float(self._sum(torch.tensor([total], dtype=torch.float64))[0]) / self.n
 
 
 def conjugate_gradient(
