@@ -270,11 +270,17 @@ class NaturalGradient(torch.optim.Optimizer):
             )
 
     def update_fisher(self, data: Any = None) -> FisherMatrix:
-        """Compute the Fisher on ``data`` now and fold it into the running average; returns it."""
+        """Compute the Fisher on ``data`` now and fold it into the running average; returns it.
+
+        For ``fisher="implicit"`` the matrix-free Fisher of ``data`` is returned but not kept: each step
+        runs conjugate gradients on its own batch.
+        """
         if isinstance(self.source, FisherMatrix):
             return self.source
         new = self._compute(self.fisher_data if data is None else data)
         self._check_matches(new, "update_fisher")
+        if self._batch_cg:
+            return new
         self.refreshes += 1
         if not bool(torch.isfinite(new.diag()).all()):
             # e.g. saturated softmax outputs in float32: keep the previous Fisher rather than poison the average
