@@ -453,3 +453,62 @@ def test_family_kl_step_batched_damped_and_edge_cases():
     # von Mises along its location: the KL is periodic in μ and never reaches 10 nats at κ = 0.5
     with pytest.raises(ConvergenceError, match="lower max_kl"):
         fisherkl.kl_step(fisherkl.family("vonmises"), torch.tensor([0.0, 0.5], dtype=F64), [1.0, 0.0], 10.0)
+
+
+# --- sequences: outputs [n, T, C], masked positions, HuggingFace batches ------------------------------------
+
+
+def masked_sequence_kl(before: torch.Tensor, after: torch.Tensor, keep: torch.Tensor) -> float:
+    """Σ over kept positions of KL[Cat(before) ‖ Cat(after)], mean over sequences (torch.distributions)."""
+    k = kl_divergence(Categorical(logits=before), Categorical(logits=after))
+    return float(torch.where(keep, k, torch.zeros_like(k)).sum() / before.shape[0])
+
+
+@pytest.mark.parametrize("rep", ["dense", "kfac", "implicit"])
+def test_sequence_outputs_with_masked_positions(rep):
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Embedding(13, 8), nn.Tanh(), nn.Linear(8, 5)).to(F64)  # [n, T] tokens → [n, T, 5]
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(0, 13, (12, 6), generator=g)
+    labels = torch.randint(0, 5, (12, 6), generator=g)
+    labels[:4, 3:] = -100  # padding: these positions count nowhere
+    opt = NaturalGradient(net.parameters(), rep, lr=1.0, damping=1e-3, max_kl=1e-3, net=net, update_every=1, ema=0.0)
+    for _ in range(3):
+        with torch.no_grad():
+            before = net(tokens)
+        opt.zero_grad()
+        nn.functional.cross_entropy(net(tokens).reshape(-1, 5), labels.reshape(-1), ignore_index=-100).backward()
+        opt.step(fisher_data=(tokens, labels))
+        with torch.no_grad():
+            exact = masked_sequence_kl(before, net(tokens), labels != -100)
+        assert exact == pytest.approx(opt.last_step["exact_kl"], rel=1e-9)
+        assert 0.5e-3 <= exact <= 1e-3
+
+
+def test_huggingface_causal_lm_batches():
+    transformers = pytest.importorskip("transformers", reason="the 'hf' extra (make install installs it)")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(
+        vocab_size=13, n_positions=8, n_embd=8, n_layer=1, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0,
+        attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+    )  # fmt: skip
+    model = transformers.GPT2LMHeadModel(cfg).to(F64).eval()
+    ids = torch.randint(0, 13, (4, 6), generator=torch.Generator().manual_seed(1))
+    labels = ids.clone()
+    labels[0, 4:] = -100
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+    lm = fnn.causal_lm()
+    opt = NaturalGradient(
+        model.parameters(), "kfac", lr=1.0, damping=1e-2, max_kl=1e-3, net=model, fisher_kwargs={"adapter": lm}
+    )
+    keep = labels[:, 1:] != -100  # position t predicts token t + 1
+    for _ in range(2):
+        with torch.no_grad():
+            before = model(input_ids=ids).logits[:, :-1]
+        opt.zero_grad()
+        model(**batch).loss.backward()
+        opt.step(fisher_data=[batch])
+        with torch.no_grad():
+            exact = masked_sequence_kl(before, model(input_ids=ids).logits[:, :-1], keep)
+        assert exact == pytest.approx(opt.last_step["exact_kl"], rel=1e-9)
+        assert 0.5e-3 <= exact <= 1e-3

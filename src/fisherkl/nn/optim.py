@@ -338,7 +338,16 @@ class NaturalGradient(torch.optim.Optimizer):
         assert self.net is not None
         distributed = bool(self.fisher_kwargs.get("distributed", False))
         group = self.fisher_kwargs.get("group")
-        return BatchGeometry(self.net, self._params, batch, self.head, distributed=distributed, group=group)
+        return BatchGeometry(
+            self.net,
+            self._params,
+            batch,
+            self.head,
+            adapter=self.fisher_kwargs.get("adapter"),
+            positions=self.fisher_kwargs.get("positions", "sum"),
+            distributed=distributed,
+            group=group,
+        )
 
     def _gradient(self, dtype: torch.dtype) -> Tensor:
         group_of = {id(p): g for g in self.param_groups for p in g["params"]}

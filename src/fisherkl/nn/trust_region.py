@@ -19,7 +19,7 @@ backtracking steered by the measured KL instead of fixed halvings.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,42 +29,49 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..errors import FisherKLError, ParameterError
+from .batch import Adapter, Batch, get_adapter
 from .heads import Head, get_head
 from .params import preserved_parameters
+from .passes import fisher_passes
 
 #: where a shortened step aims, as a fraction of max_kl: inside the boundary by more than the cubic term
 #: of the KL usually moves it, so that one evaluation of the exact KL usually confirms the step
 TARGET = 0.95
 
 
-def input_batches(data: Any) -> list[Tensor]:
-    """The inputs x of ``data``: a tensor x, a tuple/list (x,) or (x, y), or an iterable of such batches."""
-    if isinstance(data, Tensor):
+def raw_batches(data: Any) -> list[Any]:
+    """The batches of ``data`` as given: one batch (a tensor x, a dict of tensors, a pair (x, y) or
+    ((x1, x2, ...), y)) or an iterable of such batches (a DataLoader, a list of dicts, ...)."""
+    if isinstance(data, (Tensor, Mapping)):
         return [data]
-    if isinstance(data, (tuple, list)) and data and all(isinstance(t, Tensor) for t in data):
-        if len(data) > 2:
-            raise ParameterError(f"data: a tuple of tensors must be (x,) or (x, y), got {len(data)} tensors")
-        return [data[0]]
+    if isinstance(data, (tuple, list)) and data:
+        first = data[0]
+        pair = len(data) <= 2 and (len(data) == 1 or isinstance(data[1], Tensor))
+        several = isinstance(first, (tuple, list)) and bool(first) and all(isinstance(t, Tensor) for t in first)
+        if pair and (isinstance(first, Tensor) or several):
+            return [data]
     if not isinstance(data, Iterable):
         raise ParameterError(
-            "data for the trust region must be a tensor x, a pair (x, y) or an iterable of batches; "
-            f"got {type(data).__name__}"
+            "data for the trust region must be a batch (a tensor x, a pair (x, y), a dict of tensors) or an "
+            f"iterable of batches; got {type(data).__name__}"
         )
-    out = []
-    for item in data:
-        if isinstance(item, Tensor):
-            out.append(item)
-        elif isinstance(item, (tuple, list)) and item and isinstance(item[0], Tensor):
-            out.append(item[0])
-        else:
-            raise ParameterError(f"data: each batch must be a tensor x or a pair (x, y), got {type(item).__name__}")
-    if not out or sum(int(x.shape[0]) for x in out) == 0:
-        raise ParameterError("data for the trust region has no examples")
+    out = list(data)
+    if not out:
+        raise ParameterError("data for the trust region has no batches")
     return out
 
 
-def _as_input(x: Tensor, like: Tensor) -> Tensor:
-    return x.to(dtype=like.dtype, device=like.device) if x.is_floating_point() else x.to(device=like.device)
+class _Outputs(nn.Module):
+    """net's outputs ``[n, *P, C]`` for a parsed batch, as a module (so that functional_call can substitute
+    the parameters and buffers of ``inner`` whatever the adapter's ``call`` does)."""
+
+    def __init__(self, net: nn.Module, adapter: Adapter) -> None:
+        super().__init__()
+        self.inner = net
+        self.adapter = adapter
+
+    def forward(self, batch: Batch) -> Tensor:
+        return self.adapter.outputs(self.adapter.call(self.inner, batch))
 
 
 class BatchGeometry:
@@ -79,10 +86,15 @@ class BatchGeometry:
         The parameters a step moves, in the step's flat order (a subset of ``net``'s parameters; the
         others are held fixed).
     data:
-        The batch: x ``[n, ...]``, ``(x, y)``, or an iterable of batches (labels are not used: the exact
-        Fisher and KL take the expectation over the model's own y).
+        The batch: x ``[n, ...]``, ``(x, y)``, a dict of tensors (e.g. a HuggingFace batch), or an iterable
+        of batches. Labels only mask positions (``ignore_index``): the exact Fisher and KL take the
+        expectation over the model's own y.
     head:
         The output distribution (a name or a :class:`~fisherkl.nn.heads.Head`).
+    adapter, positions:
+        How batches become inputs, outputs ``[n, *P, C]`` and masks (:class:`fisherkl.nn.Adapter`), and
+        whether a sequence counts the sum (``"sum"``, default) or the mean (``"mean"``) over its unmasked
+        positions — as in :func:`fisherkl.nn.fisher` and :func:`fisherkl.nn.kl`.
     distributed, group:
         ``distributed=True``: every rank of the initialised ``torch.distributed`` process ``group`` holds
         its own batch, and every quantity here is the mean over all ranks' examples (sums and counts are
@@ -101,6 +113,8 @@ class BatchGeometry:
         data: Any,
         head: str | Head | Any,
         *,
+        adapter: Adapter | None = None,
+        positions: str = "sum",
         distributed: bool = False,
         group: Any = None,
     ) -> None:
@@ -115,19 +129,29 @@ class BatchGeometry:
         if missing:
             raise ParameterError(f"parameters {missing} (in the step's order) are not parameters of net")
         self.names = [names[id(p)] for p in self.params]
+        if positions not in ("sum", "mean"):
+            raise ParameterError(f"positions must be 'sum' or 'mean', got {positions!r}")
         self.head = get_head(head)
+        self.adapter = get_adapter(adapter)
+        self._module = _Outputs(net, self.adapter)
+        self._buffer_names = [n for n, _ in net.named_buffers()]
         like = self.params[0]
-        self.inputs = [_as_input(x, like) for x in input_batches(data)]
+        self.inputs = [self.adapter.batch(raw).to(like) for raw in raw_batches(data)]
         self.distributed, self.group = bool(distributed), group
-        self.n = int(
-            self._sum(torch.tensor([float(sum(int(x.shape[0]) for x in self.inputs))], dtype=torch.float64))[0]
-        )
-        if self.n == 0:
-            raise ParameterError("data for the trust region has no examples")
         self.start = [p.detach().clone() for p in self.params]
         self._buffers = [(b, b.detach().clone()) for b in net.buffers()]
         with torch.no_grad():
             self.outputs = [self.head.check(self._call(x, {})).detach() for x in self.inputs]
+        self.masks: list[Tensor | None] = [self.adapter.targets(b, f)[1] for b, f in zip(self.inputs, self.outputs)]
+        if positions == "sum":
+            count = sum(b.n for b in self.inputs)
+        else:
+            count = sum(
+                int(m.sum()) if m is not None else math.prod(f.shape[:-1]) for m, f in zip(self.masks, self.outputs)
+            )
+        self.n = int(self._sum(torch.tensor([float(count)], dtype=torch.float64))[0])
+        if self.n == 0:
+            raise ParameterError("data for the trust region has no examples (or every position is masked)")
         self._graph: list[Tensor] | None = None
         self._leaves: list[Tensor] = []
         self.n_products = 0
@@ -136,12 +160,20 @@ class BatchGeometry:
     def p(self) -> int:
         return sum(p.numel() for p in self.params)
 
-    def _call(self, x: Tensor, params: dict[str, Tensor]) -> Tensor:
-        """net(x) with ``params`` substituted, on copies of the buffers (a forward pass here updates no
-        BatchNorm statistics, and no later restore can invalidate a graph that saved them)."""
-        state = {n: b.clone() for n, b in self.net.named_buffers()}
-        with preserved_parameters(self.net):
-            return functional_call(self.net, {**state, **params}, (x,))
+    def _call(self, batch: Batch, params: dict[str, Tensor]) -> Tensor:
+        """The outputs for a batch with ``params`` substituted, on copies of the buffers (a forward pass here
+        updates no BatchNorm statistics, and no later restore can invalidate a graph that saved them)."""
+        state = {"inner." + n: b.clone() for n, b in self.net.named_buffers()}
+        swap = {"inner." + n: t for n, t in params.items()}
+        with preserved_parameters(self.net), fisher_passes(math_attention=True):
+            return functional_call(self._module, {**state, **swap}, (batch,))
+
+    def _masked(self, t: Tensor, mask: Tensor | None) -> Tensor:
+        """Zero ``t`` (``[n, *P]`` or ``[n, *P, C]``) at masked positions."""
+        if mask is None:
+            return t
+        m = mask if t.ndim == mask.ndim else mask.unsqueeze(-1)
+        return torch.where(m, t, torch.zeros_like(t))
 
     def _sum(self, t: Tensor) -> Tensor:
         """``t`` summed over the ranks (itself when not distributed)."""
@@ -185,7 +217,8 @@ class BatchGeometry:
     def quad(self, v: Tensor) -> float:
         """vᵀ F v with the exact Fisher of the batch (½·quad(δ) predicts the mean KL of the step δ)."""
         total = 0.0
-        for u, f0 in zip(self.jvp(v), self.outputs):
+        for u, f0, mask in zip(self.jvp(v), self.outputs, self.masks):
+            u = self._masked(u, mask)
             total += float((u * self.head.fisher_mv(f0, u)).sum())
         return float(self._sum(torch.tensor([total], dtype=torch.float64))[0]) / self.n
 
@@ -196,7 +229,10 @@ class BatchGeometry:
             with torch.enable_grad():
                 leaves = dict(zip(self.names, self._leaves))
                 self._graph = [self.head.check(self._call(x, leaves)) for x in self.inputs]
-        w = [self.head.fisher_mv(f0, u) for u, f0 in zip(self.jvp(v), self.outputs)]
+        w = [
+            self._masked(self.head.fisher_mv(f0, self._masked(u, m)), m)
+            for u, f0, m in zip(self.jvp(v), self.outputs, self.masks)
+        ]
         with torch.enable_grad():
             grads = torch.autograd.grad(
                 self._graph, self._leaves, w, retain_graph=True, allow_unused=True, materialize_grads=True
@@ -228,9 +264,9 @@ class BatchGeometry:
         self.place(delta, scale)
         total = 0.0
         with torch.no_grad():
-            for x, f0 in zip(self.inputs, self.outputs):
+            for x, f0, mask in zip(self.inputs, self.outputs, self.masks):
                 f = self.head.check(self._call(x, {}))
-                total += float(self.head.kl(f0, f).sum())
+                total += float(self._masked(self.head.kl(f0, f), mask).sum())
         return float(self._sum(torch.tensor([total], dtype=torch.float64))[0]) / self.n
 
 
@@ -393,4 +429,4 @@ def kl_line_search(
     return best
 
 
-__all__ = ["TARGET", "BatchGeometry", "LineSearchResult", "conjugate_gradient", "input_batches", "kl_line_search"]
+__all__ = ["TARGET", "BatchGeometry", "LineSearchResult", "conjugate_gradient", "kl_line_search", "raw_batches"]
