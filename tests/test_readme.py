@@ -38,8 +38,34 @@ PRELUDES = {
         delta = 1e-2 * torch.randn(sum(p.numel() for p in net.parameters()), dtype=torch.float64)
         anchor_params = torch.cat([p.detach().reshape(-1) for p in net.parameters()]) + delta
     """,
+    "fnn.fisher(gpt2, loader_of_dicts": """
+        import transformers
+        torch.manual_seed(0)
+        cfg = transformers.GPT2Config(vocab_size=13, n_positions=8, n_embd=8, n_layer=1, n_head=2, resid_pdrop=0.0,
+                                      embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+        gpt2 = transformers.GPT2LMHeadModel(cfg).double().eval()
+        ids = torch.randint(0, 13, (4, 6))
+        loader_of_dicts = [{"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}]
+        delta = 1e-3 * torch.randn(sum(p.numel() for p in gpt2.parameters()), dtype=torch.float64)
+
+        class TwoInputs(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.a, self.b = torch.nn.Linear(3, 4), torch.nn.Linear(2, 4)
+
+            def forward(self, x1, x2):
+                return self.a(x1) + self.b(x2)
+
+        net = TwoInputs().double()
+        x1, x2 = torch.randn(16, 3, dtype=torch.float64), torch.randn(16, 2, dtype=torch.float64)
+        y = torch.randint(0, 4, (16,))
+    """,
     "distributed=True": """
         import fisherkl, torch.distributed as dist
+        from torch.utils.data import DataLoader, TensorDataset
+        net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+        loader = DataLoader(TensorDataset(torch.randn(64, 4, dtype=torch.float64), torch.randint(0, 3, (64,))),
+                            batch_size=16)
         dist.init_process_group("gloo", init_method="file://" + str(WORKDIR / "pg"), rank=0, world_size=1)
     """,
 }
