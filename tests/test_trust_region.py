@@ -512,3 +512,18 @@ def test_huggingface_causal_lm_batches():
             exact = masked_sequence_kl(before, model(input_ids=ids).logits[:, :-1], keep)
         assert exact == pytest.approx(opt.last_step["exact_kl"], rel=1e-9)
         assert 0.5e-3 <= exact <= 1e-3
+
+
+def test_batches_are_read_as_the_fisher_reads_them():
+    from fisherkl.nn.trust_region import raw_batches
+
+    x, y = dataset("mlp", 8)
+    assert len(raw_batches(x)) == 1 and len(raw_batches((x, y))) == 1 and len(raw_batches({"x": x})) == 1
+    assert len(raw_batches([(x, y), (x, y)])) == 2
+    assert len(raw_batches([x, x])) == 2  # a list is always a list of batches, as in fisherkl.nn.fisher
+    with pytest.raises(ParameterError, match=r"\(x,\) or \(x, y\)"):
+        raw_batches((x, y, y))
+    with pytest.raises(ParameterError, match="iterable of batches"):
+        raw_batches(5)
+    with pytest.raises(ParameterError, match="no batches"):
+        raw_batches([])

@@ -40,19 +40,18 @@ TARGET = 0.95
 
 
 def raw_batches(data: Any) -> list[Any]:
-    """The batches of ``data`` as given: one batch (a tensor x, a dict of tensors, a pair (x, y) or
-    ((x1, x2, ...), y)) or an iterable of such batches (a DataLoader, a list of dicts, ...)."""
+    """The batches of ``data``, read as :func:`fisherkl.nn.fisher` reads them: one batch for a tensor x, a
+    tuple of tensors (x,) / (x, y) or a dict of tensors; otherwise an iterable of batches (a *list* is always
+    a list of batches: ``[((x1, x2), y)]`` for several inputs)."""
     if isinstance(data, (Tensor, Mapping)):
         return [data]
-    if isinstance(data, (tuple, list)) and data:
-        first = data[0]
-        pair = len(data) <= 2 and (len(data) == 1 or isinstance(data[1], Tensor))
-        several = isinstance(first, (tuple, list)) and bool(first) and all(isinstance(t, Tensor) for t in first)
-        if pair and (isinstance(first, Tensor) or several):
-            return [data]
+    if isinstance(data, tuple) and data and all(isinstance(t, Tensor) for t in data):
+        if len(data) > 2:
+            raise ParameterError(f"data: a tuple of tensors must be (x,) or (x, y), got {len(data)} tensors")
+        return [data]
     if not isinstance(data, Iterable):
         raise ParameterError(
-            "data for the trust region must be a batch (a tensor x, a pair (x, y), a dict of tensors) or an "
+            "data for the trust region must be a batch (a tensor x, a tuple (x, y), a dict of tensors) or an "
             f"iterable of batches; got {type(data).__name__}"
         )
     out = list(data)
