@@ -13,7 +13,7 @@ $(PY):
 # torch==2.13.0 is a CPU build from local disk here; an unpinned torch would pull a CUDA build.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e ".[dev,plot,compare,hf,docs]"
+	$(PIP) install --quiet -e ".[dev,plot,compare,hf,docs,rl]"
 	# peer libraries for the comparison tests and benchmarks: --no-deps, because their declared
 	# dependencies would replace torch 2.13.0 by 2.14.1 + torchvision (none of them needs those)
 	$(PIP) install --quiet --no-deps backpack-for-pytorch==1.7.1 nngeometry==0.4 curvlinops-for-pytorch==3.0.1 \

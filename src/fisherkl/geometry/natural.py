@@ -11,18 +11,22 @@ is the steepest descent under the constraint ½δᵀFδ = ε (predicted KL exact
 ``solve(b, damping)`` → (F + damping·I)⁻¹b and ``quad(v)`` → vᵀFv (fisherkl's matrix representations:
 dense, diagonal, block-diagonal, K-FAC, low-rank, implicit). With damping λ > 0 the direction is
 (F + λI)⁻¹g and the length is still set so that ½δᵀFδ = ε under the undamped F.
+
+Given the model and θ instead of a matrix, ``kl_step(model, θ, g, ε)`` sets the length by the exact
+KL (a root find along the same direction, :mod:`.exact_step`): the quadratic form is only the first guess.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, overload
 
 import torch
 from torch import Tensor
 
 from .. import arguments
 from ..errors import FisherKLError, ParameterError
+from ..model import Model
 
 Vector = Tensor | Sequence[Tensor]
 
@@ -102,12 +106,37 @@ def _quad(fisher: Any, v: Vector) -> Tensor:
     return torch.as_tensor(fisher.quad(v))
 
 
-def kl_step(fisher: Any, grad: Vector, max_kl: float, damping: float = 0.0) -> Vector:
-    """The step δ = −√(2ε / xᵀFx)·x, x = (F + damping·I)⁻¹g, whose predicted KL ½δᵀFδ is exactly ε = ``max_kl``.
+@overload
+def kl_step(fisher: Any, grad: Vector, max_kl: float, damping: float = 0.0) -> Vector: ...
 
-    Without damping xᵀFx = gᵀF⁻¹g, so δ = −√(2ε / gᵀF⁻¹g)·F⁻¹g. A zero gradient gives a zero step.
-    Batched over leading dims for a dense F.
+
+@overload
+def kl_step(
+    fisher: Model, theta: Any, grad: Any, max_kl: float, damping: float = 0.0, *, rtol: float = ..., max_iter: int = ...
+) -> Tensor: ...
+
+
+def kl_step(fisher: Any, *args: Any, **kwargs: Any) -> Any:
+    """A KL trust-region step along the natural gradient, in one of two forms.
+
+    * ``kl_step(fisher, grad, max_kl, damping=0)`` — from a Fisher matrix alone: the step
+      δ = −√(2ε / xᵀFx)·x, x = (F + damping·I)⁻¹g, whose **predicted** KL ½δᵀFδ is exactly ε = ``max_kl``
+      (without damping δ = −√(2ε / gᵀF⁻¹g)·F⁻¹g). A zero gradient gives a zero step. Batched over
+      leading dims for a dense F.
+    * ``kl_step(model, theta, grad, max_kl, damping=0, *, rtol=1e-10, max_iter=60)`` — from the model:
+      the step along the same direction whose **exact** KL[p_θ ‖ p_{θ+δ}] equals ε to relative ``rtol``
+      (a 1-D root find, :func:`fisherkl.geometry.exact_step.exact_kl_step`). The quadratic form can be
+      far off at large ε; this one is not.
     """
+    if isinstance(fisher, Model):
+        from .exact_step import exact_kl_step
+
+        return exact_kl_step(fisher, *args, **kwargs)
+    return _quadratic_kl_step(fisher, *args, **kwargs)
+
+
+def _quadratic_kl_step(fisher: Any, grad: Vector, max_kl: float, damping: float = 0.0) -> Vector:
+    """δ = −√(2ε / xᵀFx)·x, x = (F + damping·I)⁻¹g: predicted KL ½δᵀFδ exactly ε = ``max_kl``."""
     eps = arguments.real(max_kl, "max_kl", low=0.0)
     x = natural_gradient(fisher, grad, damping)
     curvature = _quad(fisher, x)
