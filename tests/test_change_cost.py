@@ -11,12 +11,12 @@ import copy
 
 import pytest
 import torch
-from seq_models import make
 from torch import nn
 
 import fisherkl.nn as fnn
 from fisherkl.errors import ParameterError
 from fisherkl.nn.path import path_terms
+from seq_models import make
 
 F64 = torch.float64
 
