@@ -147,7 +147,8 @@ def merge(
     weights:
         Non-negative weights (default equal), normalised to sum 1.
     damping:
-        λ of the module doc (default 1e-6 · tr(Σ wᵢFᵢ)/p); pulls unseen directions to the plain average.
+        λ of the module doc (default 1e-2 · tr(Σ wᵢFᵢ)/p): directions with curvature well below the mean
+        (unseen by every model, or noise) stay at the plain average.
     data:
         A **list** with one data set per network: the exact KL from each network to the merge on its own
         data (:func:`fisherkl.nn.kl` with ``head``, ``adapter``, ``positions``).
@@ -188,7 +189,7 @@ def merge(
         dt = fs[0].dtype
         fs = [f if f.dtype == dt else _cast(f, dt) for f in fs]
         if damping is None:
-            lam = 1e-6 * sum(x * float(f.trace()) for x, f in zip(w, fs)) / layout.numel
+            lam = 1e-2 * sum(x * float(f.trace()) for x, f in zip(w, fs)) / layout.numel
         else:
             lam = float(damping)
             if not lam >= 0:
