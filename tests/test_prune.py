@@ -19,6 +19,8 @@ from fisherkl.errors import ParameterError
 from fisherkl.nn.blocks import block_structure, inverse_diagonal
 from fisherkl.nn.obs import obs_step
 from fisherkl.nn.prune import masked_copy
+from seq_models import inputs as seq_inputs
+from seq_models import make
 
 F64 = torch.float64
 
@@ -198,3 +200,19 @@ def test_prune_errors():
         fnn.prune(net, f, 0.5, damping=-1.0)
     with pytest.raises(ParameterError, match="masks"):
         masked_copy(net, {"0.weight": torch.ones(2, 2, dtype=torch.bool)})
+
+
+@pytest.mark.parametrize("rep", ["kfac", "ekfac"])
+def test_block_structure_of_a_transformer(rep):
+    """Embeddings (diagonal A, stored transposed), attention blocks, a tied head in the diagonal part."""
+    net = make("gpt")
+    (x,) = seq_inputs("gpt", 6)
+    f = fnn.fisher(net, x, representation=rep)
+    dense = f.to_dense()
+    st = block_structure(f)
+    assert len(st.blocks) == len(f.blocks) and st.diag_index.numel() > 0
+    for b in st.blocks:
+        torch.testing.assert_close(b.dense(), dense[b.index][:, b.index], rtol=1e-9, atol=1e-13)
+    lam = 1e-3 * float(f.trace()) / f.p
+    want = torch.linalg.inv(dense + lam * torch.eye(f.p, dtype=F64)).diagonal()
+    torch.testing.assert_close(inverse_diagonal(f, lam), want, rtol=1e-6, atol=0)

@@ -101,10 +101,10 @@ def _kron_block(
     def dense() -> Tensor:
         if direct is not None:
             a, g = direct.tensors["A"], direct.tensors["G"]
-            return torch.kron(g, torch.diag(a) if a.ndim == 1 else a)
-        eye = torch.eye(width, dtype=qg.dtype, device=qg.device)
-        q = torch.kron(qg, eye if qa is None else qa)
-        return (q * s.reshape(-1)) @ q.T
+            return torch.kron(g.contiguous(), (torch.diag(a) if a.ndim == 1 else a).contiguous())
+        # products with the identity: k·(d_out² + width)·k flops, not the k³ of (Q_G ⊗ Q_A) diag(S) (Q_G ⊗ Q_A)ᵀ
+        m = mv(torch.eye(d_out * width, dtype=qg.dtype, device=qg.device))
+        return 0.5 * (m + m.T)
 
     def check(lam: float) -> None:
         if float(s.min()) + lam <= 0:
