@@ -54,29 +54,37 @@ def pruning_plot(
     return fig
 
 
+def _short(name: str) -> str:
+    for a, b in ((".weight", ""), ("self_attn.", "attn."), ("blocks.", ""), ("layers.", ""), ("_weight", "")):
+        name = name.replace(a, b)
+    return name
+
+
 def sensitivity_plot(sens: Sensitivity, path: str | None = None) -> Any:
-    """Per layer (x) the exact KL (bars) and each representation's prediction (markers), one panel per bit
-    width, log scale."""
+    """Per tensor (x) the exact KL (bars) and each representation's prediction (markers), one row of the
+    figure per bit width, log scale."""
     plt = _pyplot(path)
     names = list(dict.fromkeys(r.name for r in sens.rows))
-    fig, axes = plt.subplots(1, len(sens.bits), figsize=(3.0 * len(sens.bits) + 0.6, 3.2), squeeze=False)
+    width = max(4.6, 0.28 * len(names) + 1.2)
+    fig, axes = plt.subplots(len(sens.bits), 1, figsize=(width, 2.1 * len(sens.bits) + 0.8), squeeze=False)
     markers = "ox^sv*"
-    for ax, b in zip(axes[0], sens.bits):
+    xs = list(range(len(names)))
+    for k_ax, (ax, b) in enumerate(zip(axes[:, 0], sens.bits)):
         rows = {r.name: r for r in sens.rows if r.bits == b}
-        xs = range(len(names))
         exact = [rows[n].exact for n in names]
         if all(e is not None for e in exact):
-            ax.bar(xs, exact, color="0.8", label="exact")
+            ax.bar(xs, exact, color="0.82", label="exact")
         for k, rep in enumerate(sens.representations):
-            ax.plot(xs, [rows[n].predicted[rep] for n in names], markers[k % 6], ms=4, label=rep)
+            ax.plot(xs, [rows[n].predicted[rep] for n in names], markers[k % 6], ms=4, label=f"½δᵀFδ {rep}")
         ax.set_yscale("log")
-        ax.set_title(f"{b} bits", fontsize=9)
-        ax.set_xticks(list(xs))
-        ax.set_xticklabels([n.replace(".weight", "") for n in names], rotation=60, fontsize=6, ha="right")
+        ax.set_ylabel(f"{b} bits: KL", fontsize=8)
+        ax.set_xticks(xs)
+        last = k_ax == len(sens.bits) - 1
+        ax.set_xticklabels([_short(n) for n in names] if last else [], rotation=60, fontsize=6, ha="right")
         ax.tick_params(labelsize=7)
         ax.grid(True, axis="y", which="both", lw=0.3)
-    axes[0][0].set_ylabel("KL of quantising the layer alone", fontsize=8)
-    axes[0][0].legend(fontsize=6)
+    axes[0][0].set_title("Quantising one tensor alone: exact KL (bars) and predicted KL (markers)", fontsize=9)
+    axes[0][0].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)
