@@ -83,9 +83,11 @@ def main() -> None:
         vals = [[r[label][j] for r in runs] for j in range(len(cols))]
         cells = []
         for v in vals:
-            m = statistics.fmean(v)
+            if any(x != x for x in v):  # nan: not applicable
+                cells.append(f"{'—':>17}")
+                continue
             sd = statistics.stdev(v) if len(v) > 1 else 0.0
-            cells.append(f"{m:>9.3f} ± {sd:<5.3f}" if m == m else f"{'—':>17}")
+            cells.append(f"{statistics.fmean(v):>9.3g} ± {sd:<5.2g}")
         print(f"{label:<24}" + "".join(f"{c:>17}" for c in cells))
     print(f"\ntotal {time.perf_counter() - t0:.0f}s")
 
