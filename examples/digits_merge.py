@@ -78,17 +78,17 @@ def main() -> None:
     print(f"digits MLP, shared pre-training {args.pretrain} epochs, A = digits 0–4, B = 5–9; "
           f"mean ± sd over {args.seeds} seeds")  # fmt: skip
     cols = ["acc A", "acc B", "acc all", "KL(A‖merge)", "KL(B‖merge)", "pred A", "pred B"]
-    print(f"{'':<24}" + "".join(f"{c:>17}" for c in cols))
+    print(f"{'':<24}" + "".join(f"{c:>20}" for c in cols))
     for label in runs[0]:
         vals = [[r[label][j] for r in runs] for j in range(len(cols))]
         cells = []
         for v in vals:
             if any(x != x for x in v):  # nan: not applicable
-                cells.append(f"{'—':>17}")
+                cells.append(f"{'—':>20}")
                 continue
             sd = statistics.stdev(v) if len(v) > 1 else 0.0
-            cells.append(f"{statistics.fmean(v):>9.3g} ± {sd:<5.2g}")
-        print(f"{label:<24}" + "".join(f"{c:>17}" for c in cells))
+            cells.append(f"{statistics.fmean(v):>10.3g} ± {sd:<7.2g}")
+        print(f"{label:<24}" + "".join(f"{c:>20}" for c in cells))
     print(f"\ntotal {time.perf_counter() - t0:.0f}s")
 
 
