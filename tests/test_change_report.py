@@ -20,3 +20,20 @@ def test_change_cost_section():
     assert [stem for stem, _, _ in images] == ["change-pruning", "change-quantisation"]
     for _, _, png in images:
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_report_network_has_the_change_section(tmp_path, monkeypatch):
+    """build_report(network=True) echoes the section, embeds its figures and writes its PNGs (the sections'
+    computations stubbed: they are tested above and in test_nn_apps)."""
+    import fisherkl.nn.change_report as cr
+    import fisherkl.report as report
+
+    png = b"\x89PNG\r\n\x1a\n" + b"0" * 64
+    monkeypatch.setattr(report, "_network_section", lambda plots: ("approx table", None))
+    monkeypatch.setattr(cr, "change_cost_section", lambda plots: ("sparsity <table>", [("change-pruning", "cap", png)]))
+    said: list[str] = []
+    rep = report.build_report(tmp_path / "r", ["normal"], plots=False, network=True, echo=said.append)
+    assert any("What changes cost" in s for s in said) and "sparsity <table>" in said
+    page = rep.html_path.read_text()
+    assert "<h2>What changes cost</h2>" in page and "sparsity &lt;table&gt;" in page
+    assert (tmp_path / "r" / "change-pruning.png").read_bytes() == png

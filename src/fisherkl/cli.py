@@ -347,7 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--family", action="append", default=[], help="only these families (repeatable)")
     s.add_argument("--no-plots", action="store_true", help="skip the plots (no matplotlib needed)")
     s.add_argument(
-        "--network", action="store_true", help="add a neural-network section (digits MLP; needs scikit-learn)"
+        "--network",
+        action="store_true",
+        help="add neural-network sections (digits MLP: Fisher approximations, what pruning and quantisation "
+        "cost; needs scikit-learn)",
     )
     s.set_defaults(run=cmd_report)
 

@@ -113,7 +113,8 @@ def build_report(
 
     ``network=True`` adds a section on a neural network: an MLP trained on scikit-learn's bundled
     digits, and how well each Fisher approximation predicts the KL of steps in several directions
-    (:func:`fisherkl.nn.approximation_report`; needs scikit-learn).
+    (:func:`fisherkl.nn.approximation_report`; needs scikit-learn), and what changes cost: a pruning
+    curve and per-layer quantisation sensitivity, predicted against exact KL (one plot each).
     """
     start = time.perf_counter()
     out = Path(out_dir)
@@ -129,7 +130,7 @@ def build_report(
     images: list[tuple[str, str, bytes]] = []
     if plots:
         images = _figures(models, checks)
-    network_text = ""
+    network_text = change_text = ""
     if network:
         network_text, network_png = _network_section(plots)
         if echo is not None:
@@ -137,8 +138,15 @@ def build_report(
             echo(network_text)
         if network_png is not None:
             images.append(("network", "Predicted / exact KL per Fisher approximation (digits MLP)", network_png))
+        from .nn.change_report import change_cost_section
+
+        change_text, change_images = change_cost_section(plots)
+        if echo is not None:
+            echo("\nWhat changes cost (digits MLP): pruning and quantisation, predicted ½δᵀFδ vs exact KL\n")
+            echo(change_text)
+        images += change_images
     pngs = [out / f"{stem}.png" for stem, _, _ in images]
-    page = _html(agreements, checks, images, time.perf_counter() - start, network_text)
+    page = _html(agreements, checks, images, time.perf_counter() - start, network_text, change_text)
     html_path = out / "index.html"
     files = {p: data for p, (_, _, data) in zip(pngs, images)}
     files[html_path] = page.encode("utf-8")
@@ -177,6 +185,7 @@ def _html(
     images: Sequence[tuple[str, str, bytes]],
     seconds: float,
     network_text: str = "",
+    change_text: str = "",
 ) -> str:
     esc = html.escape
     rows = []
@@ -233,6 +242,7 @@ The validity radius is the largest step t (unit direction) with |KL − ½t²u�
 <th>validity radius</th></tr>
 {"".join(conv)}</table>
 {_network_html(network_text)}
+{_change_html(change_text)}
 <h2>Pictures</h2>
 {figs or "<p>(plots disabled)</p>"}
 </body></html>
@@ -246,6 +256,16 @@ def _network_html(text: str) -> str:
         "<h2>A neural network</h2><p>An MLP 64–32–32–10 trained on scikit-learn's digits: the predicted KL "
         "½δᵀFδ of each Fisher representation divided by the exact mean KL of the step (1.000 is perfect), "
         "per direction and step size.</p><pre>" + html.escape(text) + "</pre>"
+    )
+
+
+def _change_html(text: str) -> str:
+    if not text:
+        return ""
+    return (
+        "<h2>What changes cost</h2><p>The same MLP pruned (magnitude, OBD, OBS with KFAC; no retraining) and "
+        "quantised one layer at a time: the predicted KL ½δᵀFδ of the actual change beside the exact mean KL "
+        "(fisherkl.nn.prune, fisherkl.nn.quantization_sensitivity).</p><pre>" + html.escape(text) + "</pre>"
     )
 
 
