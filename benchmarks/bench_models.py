@@ -11,9 +11,9 @@ sequence, so they are left out there (the table says so).
 
 kronfluence fits its factors in batches whose per-example gradients stay under 2 GB (its eigenvalue
 correction holds them all). Timing: every repeat runs the gradient, ours and each peer in turn
-(interleaved, so that a busy machine slows them alike); medians, × one gradient, ours / best peer. A peer that cannot run on a model gets its
-error. Memory: each case again in a fresh process, peak RSS (``--memory``), against one training step's
-peak. The load average is printed at the start and end.
+(interleaved, so that a busy machine slows them alike); medians, × one gradient, ours / best peer. A
+peer that cannot run on a model gets its error. Memory: each case again in a fresh process, peak RSS
+(``--memory``), against one training step's peak. The load average is printed at the start and end.
 
     python benchmarks/bench_models.py [--models cnn,gpt,mlp] [--tasks mc-diag,fvp] [--repeats 3]
         [--width 16] [--memory] [--threads 2]
