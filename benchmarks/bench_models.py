@@ -6,8 +6,8 @@ BatchNorm in eval mode) of width ``--width`` on 3×32×32 inputs, 10 classes, N 
 per-token categorical head; ~4M parameters), N = 64 sequences; (c) an MLP 1024-768-256-10 (~1M
 parameters), N = 4096. Tasks: one gradient of the mean loss (the unit), MC diagonal, exact diagonal, MC
 KFAC, exact KFAC, EKFAC, one Fisher-vector product over the data, low-rank (rank 20), per-example
-gradients. The exact kinds backpropagate C − 1 rows per position: for the GPT that is 128 × 511 rows per
-sequence, so they are left out there (the table says so).
+gradients (of the first 256 examples: N × p numbers). The exact kinds backpropagate C − 1 rows per
+position: for the GPT that is 128 × 511 rows per sequence, so they are left out there (the table says so).
 
 kronfluence fits its factors in batches whose per-example gradients stay under 2 GB (its eigenvalue
 correction holds them all). Timing: every repeat runs the gradient, ours and each peer in turn
@@ -133,6 +133,9 @@ TASKS = ("mc diag", "exact diag", "mc kfac", "exact kfac", "ekfac", "fvp", "lowr
 
 
 # --- fisherkl -------------------------------------------------------------------------------------------
+PER_EXAMPLE = 256  # per-example gradients of N examples are N × p numbers: on the first 256 examples
+
+
 def ours(net: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, model: str) -> Fn | None:
     data = (x, y)
     kw = {"batch_size": len(x), "progress": False}
@@ -149,7 +152,7 @@ def ours(net: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, model: str
     if task == "lowrank":
         return lambda: fnn.fisher(net, data, kind=kind, representation="lowrank", rank=20, **kw)
     if task == "per-example grads":
-        return lambda: fnn.per_example_gradients(net, x, y)
+        return lambda: fnn.per_example_gradients(net, x[:PER_EXAMPLE], y[:PER_EXAMPLE])
     return lambda: fnn.fisher(net, data, kind=kind, representation=rep, **kw)
 
 
@@ -206,12 +209,13 @@ def backpack(net: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, model:
         return None
     m = bp.extend(copy.deepcopy(net), use_converter=True)
     lossf = bp.extend(nn.CrossEntropyLoss())
+    xs, ys = (x[:PER_EXAMPLE], y[:PER_EXAMPLE]) if task == "per-example grads" else (x, y)
 
     def run() -> object:
         m.zero_grad()
         with bp.backpack(what[task]()):
-            out = m(x)
-            lossf(out.transpose(1, 2) if out.ndim == 3 else out, y).backward()
+            out = m(xs)
+            lossf(out.transpose(1, 2) if out.ndim == 3 else out, ys).backward()
         return None
 
     return run
@@ -300,7 +304,7 @@ def plain(net: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, model: st
         def loss(pr: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
             return loss_of_functional(net, pr, xi[None], yi[None])
 
-        return lambda: vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+        return lambda: vmap(grad(loss), in_dims=(None, 0, 0))(params, x[:PER_EXAMPLE], y[:PER_EXAMPLE])
     return None
 
 
@@ -332,14 +336,23 @@ def prepare(make: Callable[..., Fn | None], *args: object) -> Fn | str | None:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0][:60]}" if str(exc) else type(exc).__name__
 
 
-def interleaved(fns: dict[str, Fn], repeats: int) -> dict[str, float]:
+def interleaved(fns: dict[str, Fn], repeats: int) -> tuple[dict[str, float], dict[str, str]]:
+    """Median seconds per function over interleaved repeats; a function that fails (e.g. out of memory
+    next to the others) is dropped with its error."""
     times: dict[str, list[float]] = {k: [] for k in fns}
+    failed: dict[str, str] = {}
     for _ in range(repeats):
         for k, f in fns.items():
+            if k in failed:
+                continue
             t = time.perf_counter()
-            f()
+            try:
+                f()
+            except Exception as exc:
+                failed[k] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:60]}"
+                continue
             times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {k: statistics.median(v) for k, v in times.items() if k not in failed and v}, failed
 
 
 def memory_child(spec: str, width: int) -> None:
@@ -396,7 +409,10 @@ def main() -> None:
                 elif isinstance(f, str):
                     cells[name] = "error"
                     print(f"    {name} on {task}: {f}")
-            med = interleaved(fns, args.repeats)
+            med, failed = interleaved(fns, args.repeats)
+            for name, err in failed.items():
+                cells[name] = "error"
+                print(f"    {name} on {task}: {err}")
             unit = med["gradient"]
             for n in names:
                 if n in med:

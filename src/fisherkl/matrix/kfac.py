@@ -133,12 +133,13 @@ class KronBlock:
         )
 
 
-def eigh64(m: Tensor) -> tuple[Tensor, Tensor]:
-    """eigh of a symmetric matrix computed in float64 (Kronecker factors of float32 or lower-precision
-    statistics have eigenvalues spread over many orders of magnitude), returned in the matrix's dtype."""
-    if m.dtype == torch.float64:
+def eigh_in(m: Tensor, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor]:
+    """eigh of a symmetric matrix computed in ``dtype`` (default: its own; float64 for the factors of a
+    bf16 / fp16 network, whose eigenvalues spread over more orders of magnitude than their statistics'
+    float32 resolves), returned in the matrix's dtype."""
+    if dtype is None or dtype == m.dtype:
         return torch.linalg.eigh(m)
-    w, q = torch.linalg.eigh(m.double())
+    w, q = torch.linalg.eigh(m.to(dtype))
     return w.to(m.dtype), q.to(m.dtype)
 
 
@@ -297,6 +298,8 @@ class KFAC(_Kronecker):
     """F ≈ blockdiag(G₁ ⊗ A₁, …) ⊕ diag(rest); each block's ``tensors`` holds ``"A"`` and ``"G"``."""
 
     keys = ("A", "G")
+    #: the dtype its factors' eigendecompositions run in (None: their own; float64 for bf16 / fp16 networks)
+    eigh_dtype: torch.dtype | None = None
 
     def __init__(
         self, blocks: Sequence[KronBlock], rest: Sequence[str], rest_diag: Tensor, layout: ParamLayout
@@ -307,9 +310,9 @@ class KFAC(_Kronecker):
     def _basis(self, b: KronBlock) -> tuple[Tensor, Tensor | None, Tensor]:
         key = id(b)
         if key not in self._eig:
-            wg, qg = eigh64(b.tensors["G"])
+            wg, qg = eigh_in(b.tensors["G"], self.eigh_dtype)
             a = b.tensors["A"]
-            wa, qa = (a, None) if a.ndim == 1 else eigh64(a)
+            wa, qa = (a, None) if a.ndim == 1 else eigh_in(a, self.eigh_dtype)
             self._eig[key] = (qg, qa, torch.outer(wg.clamp_min(0), wa.clamp_min(0)))
         return self._eig[key]
 

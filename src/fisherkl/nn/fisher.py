@@ -316,7 +316,7 @@ def fisher(
         if representation == "kfac":
             return done(kfac.finish(layout))
         needs_reiterable(data, "ekfac")
-        ekfac = EKFACStat(kfac)
+        ekfac = EKFACStat(kfac, eigh_dtype=kfac.eigh_dtype)
         if distributed:  # one eigenbasis for all ranks (eigh of the same reduced factors, made certain)
             dist = require_process_group(group)
             src = 0 if group is None else int(dist.get_global_rank(group, 0))

@@ -19,7 +19,7 @@ from torch import Tensor
 from ..errors import FisherKLError
 from ..matrix import EKFAC, KFAC, BlockDiagonal, Dense, Diagonal, KronBlock
 from ..matrix.base import DenseTooLargeError, check_dense_fits, max_dense_bytes
-from ..matrix.kfac import eigh64
+from ..matrix.kfac import eigh_in
 from ..matrix.layout import ParamLayout
 from .engine import Engine
 from .rules import LinearPart, Rule
@@ -230,6 +230,8 @@ class KFACStat:
     def __init__(self, engine: Engine, mode: str) -> None:
         self.mode = mode
         self.engine = engine
+        # factors of a bf16 / fp16 network (float32 statistics) are eigendecomposed in float64
+        self.eigh_dtype = torch.float64 if engine.net_dtype in (torch.bfloat16, torch.float16) else None
         self.kron: list[tuple[Rule, LinearPart]] = []
         self.rest_names: list[str] = list(engine.layout.names)
         self.diag = DiagStat(engine, self.rest_names)
@@ -305,6 +307,7 @@ class KFACStat:
     def finish(self, layout: ParamLayout) -> KFAC:
         blocks = [block_of(p, {"A": a, "G": g}) for p, a, g in self.factors()]
         out = KFAC(blocks, self.rest_names, self.diag.flat(layout, self.rest_names), layout)
+        out.eigh_dtype = self.eigh_dtype
         out.n_examples = self.count
         out.row_counts = {b.key: int(self.a_rows.get(p, 0)) for b, (_, p) in zip(blocks, self.kron)}
         return out
@@ -368,12 +371,17 @@ class EKFACStat:
 
     ready = True
 
-    def __init__(self, kfac: KFACStat, bases: dict[LinearPart, tuple[Tensor, Tensor | None]] | None = None) -> None:
+    def __init__(
+        self,
+        kfac: KFACStat,
+        bases: dict[LinearPart, tuple[Tensor, Tensor | None]] | None = None,
+        eigh_dtype: torch.dtype | None = None,
+    ) -> None:
         self.kfac = kfac
         self.bases: dict[LinearPart, tuple[Tensor, Tensor | None]] = {}
         for p, a, g in kfac.factors():
-            qa = None if a.ndim == 1 else eigh64(a)[1]
-            self.bases[p] = (eigh64(g)[1], qa) if bases is None else bases[p]
+            qa = None if a.ndim == 1 else eigh_in(a, eigh_dtype)[1]
+            self.bases[p] = (eigh_in(g, eigh_dtype)[1], qa) if bases is None else bases[p]
         self.s: dict[LinearPart, Tensor] = {}
         self.count = 0
 
