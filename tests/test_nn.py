@@ -248,11 +248,12 @@ def test_kfac_reduce_exact_when_positions_are_summed():
     assert not torch.allclose(fnn.fisher(net, x, "gaussian", representation="kfac").to_dense(), ref)
 
 
-def test_ekfac_diagonal_in_kfac_basis_is_exact():
+@pytest.mark.parametrize("batch_size", [10, 1000], ids=["two-passes", "one-batch-reused"])
+def test_ekfac_diagonal_in_kfac_basis_is_exact(batch_size):
     net = CNN().double()
     x = data_for(net)
     ref = reference(net, x, "categorical")
-    e = fnn.fisher(net, x, representation="ekfac", batch_size=10)
+    e = fnn.fisher(net, x, representation="ekfac", batch_size=batch_size)
     torch.testing.assert_close(e.trace(), ref.trace(), **TOL)  # S is the exact diagonal in the eigenbasis
     for b in e.blocks:
         layout = e.layout
@@ -267,6 +268,28 @@ def test_ekfac_diagonal_in_kfac_basis_is_exact():
         )
         blk = ref[idx[:, None], idx[None, :]]
         torch.testing.assert_close((q.T @ blk @ q).diagonal(), b.tensors["S"].reshape(-1), **TOL)
+
+
+class _NoLen:
+    """One batch behind an iterable of unknown length: EKFAC must take its second pass over the data."""
+
+    def __init__(self, batch):
+        self.batch = batch
+
+    def __iter__(self):
+        return iter([self.batch])
+
+
+@pytest.mark.parametrize("kind", ["mc", "exact", "empirical"])
+def test_ekfac_of_one_batch_reuses_the_pass_with_the_same_result(kind):
+    net = mlp().double()
+    x = data_for(net)
+    y = torch.randint(0, 3, (len(x),))
+    one = fnn.fisher(net, (x, y), kind=kind, representation="ekfac", batch_size=len(x), seed=3)
+    two = fnn.fisher(net, _NoLen((x, y)), kind=kind, representation="ekfac", seed=3)
+    torch.testing.assert_close(one.to_dense(), two.to_dense(), rtol=1e-12, atol=1e-14)
+    for a, b in zip(one.blocks, two.blocks, strict=True):
+        torch.testing.assert_close(a.tensors["S"], b.tensors["S"], rtol=1e-12, atol=1e-14)
 
 
 # --- implicit, lowrank ---------------------------------------------------------------------------

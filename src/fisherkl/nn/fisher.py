@@ -236,6 +236,9 @@ def fisher(
     local_total = None if total_batches is None or world > 1 else total_batches
     done_stats: dict[str, Any] = {}
 
+    one_batch = total_batches == 1 and ckpt is None and not distributed
+    keep = _KeepOnlyBatch() if representation == "ekfac" and one_batch else None
+
     def accumulate(phase: str, stat: Any, desc: str) -> None:
         """One pass over this rank's batches into ``stat``, resuming / checkpointing ``phase``."""
         skip, data_hash = 0, None
@@ -283,7 +286,8 @@ def fisher(
         except StopIteration:  # this rank has no (more) batches
             pass
         else:
-            engine.run(itertools.chain([first], it), h, kind, mc_samples, gen_for, [stat, tick], positions)
+            stats = [stat, tick] if keep is None else [stat, tick, keep]
+            engine.run(itertools.chain([first], it), h, kind, mc_samples, gen_for, stats, positions)
         checkpoint_now(True)
         done_stats[phase] = stat.state()
 
@@ -324,6 +328,11 @@ def fisher(
                 dist.broadcast(qg, src=src, group=group)
                 if qa is not None:
                     dist.broadcast(qa, src=src, group=group)
+        if keep is not None and keep.calls is not None:  # one batch, one backward: its gradients are still here
+            ekfac.add_rows(keep.use(engine))
+            ekfac.end_batch(engine, keep.count)
+            engine.calls = {}
+            return done(ekfac.finish(layout))
         return done(collect("ekfac", ekfac, "EKFAC scales").finish(layout))
 
     needs_reiterable(data, representation)
@@ -440,3 +449,28 @@ def needs_reiterable(data: Any, what: str) -> None:
             f"representation {what!r} passes over the data more than once; give a DataLoader, a list or "
             "a tuple of tensors, not a one-shot iterator"
         )
+
+
+class _KeepOnlyBatch:
+    """Keeps the recorded calls of a pass over a single batch with a single backward, so that EKFAC's second
+    pass (its scales in the eigenbasis of the factors) reuses them instead of repeating the forward and backward
+    passes. The second pass would draw the same Monte Carlo rows (seeded per batch), so the result is the same."""
+
+    ready = True
+
+    def __init__(self) -> None:
+        self.calls: dict[Any, Any] | None = None
+        self.count = 0
+        self.backwards = 0
+
+    def add_rows(self, engine: Engine) -> None:
+        self.backwards += 1
+
+    def end_batch(self, engine: Engine, count: int) -> None:
+        self.calls = engine.calls if self.backwards == 1 else None
+        self.count = count
+
+    def use(self, engine: Engine) -> Engine:
+        assert self.calls is not None
+        engine.calls, self.calls = self.calls, None
+        return engine
