@@ -686,18 +686,10 @@ def conjugate_gradient(
 
 
 def lanczos_topk(f: FisherMatrix, k: int) -> tuple[Tensor, Tensor]:
-    """Top-k eigenpairs by ARPACK's Lanczos (scipy ``eigsh``) on the matrix-free operator."""
-    from scipy.sparse.linalg import eigsh
+    """Top-k eigenpairs by thick-restart Lanczos (:func:`fisherkl.matrix.lanczos.topk_eigh`) on the products."""
+    from .lanczos import topk_eigh
 
-    op = f.as_linear_operator()
-    ncv = min(f.p, max(2 * k + 1, 20))
-    # a fixed starting vector: the same iterations on every rank when the products are all-reduced
-    v0 = np.random.default_rng(0).standard_normal(f.p)
-    vals, vecs = eigsh(op, k=k, which="LA", ncv=ncv, v0=v0)
-    order = np.argsort(vals)[::-1]
-    vals = torch.as_tensor(vals[order].copy(), dtype=f.dtype, device=f.device)
-    vecs = torch.as_tensor(vecs[:, order].copy(), dtype=f.dtype, device=f.device)
-    return vals, vecs
+    return topk_eigh(f._mm, f.p, k, f.dtype, f.device)
 
 
 class SumMatrix(FisherMatrix):
