@@ -236,13 +236,21 @@ class FisherMatrix(ABC):
         return 0.5 * (out + out.T)
 
     def solve(
-        self, b: Vector, damping: float = 0.0, *, rtol: float | None = None, max_iter: int | None = None
+        self,
+        b: Vector,
+        damping: float = 0.0,
+        *,
+        rtol: float | None = None,
+        max_iter: int | None = None,
+        preconditioner: FisherMatrix | None = None,
     ) -> Vector:
         """(F + damping·I)⁻¹ b, in b's form.
 
         Structured representations solve exactly; others use a dense Cholesky when p × p fits in
         memory, else conjugate gradients to relative residual ``rtol`` (default 1e-10 in float64, 1e-5
-        in float32).
+        in float32). ``preconditioner``: a cheaper representation of the same Fisher (KFAC, EKFAC, diag)
+        whose damped solve preconditions the conjugate gradients — the same answer in far fewer products
+        when F is ill-conditioned (ignored by the exact solves).
         """
         damping = arguments.real(damping, "solve: damping", low=0.0)
         rtol = arguments.optional_real(rtol, "solve: rtol", low=0.0, high=1.0, low_open=True, high_open=True)
@@ -250,7 +258,20 @@ class FisherMatrix(ABC):
             max_iter = arguments.integer(max_iter, "solve: max_iter", 1)
         flat, form = self._flat(b, "b")
         cols = flat.unsqueeze(-1) if flat.ndim == 1 else flat
-        out = self._solve(cols, float(damping), rtol, max_iter)
+        precond = None
+        if preconditioner is not None:
+            if not isinstance(preconditioner, FisherMatrix) or preconditioner.p != self.p:
+                raise ParameterError(
+                    f"solve: preconditioner must be a FisherMatrix of the same p = {self.p}, got "
+                    f"{type(preconditioner).__name__}"
+                    + (f" with p = {preconditioner.p}" if isinstance(preconditioner, FisherMatrix) else "")
+                )
+            pre, d = preconditioner, float(damping)
+
+            def precond(r: Tensor) -> Tensor:
+                return pre._solve(r.to(pre.dtype), d, None, None).to(r.dtype)
+
+        out = self._solve(cols, float(damping), rtol, max_iter, precond)
         if out.numel() and not bool(torch.isfinite(out).all()):
             from ..errors import NumericalError
 
@@ -260,11 +281,13 @@ class FisherMatrix(ABC):
             )
         return self.layout.unflatten(out.squeeze(-1) if flat.ndim == 1 else out, form)
 
-    def _solve(self, b: Tensor, damping: float, rtol: float | None, max_iter: int | None) -> Tensor:
+    def _solve(
+        self, b: Tensor, damping: float, rtol: float | None, max_iter: int | None, precond: Any = None
+    ) -> Tensor:
         try:
             check_dense_fits(self.p, self.dtype, "solve", factor=2)
         except DenseTooLargeError:
-            return conjugate_gradient(self._mm, b, damping, rtol, max_iter)
+            return conjugate_gradient(self._mm, b, damping, rtol, max_iter, precond)
         return dense_solve(self.to_dense(), b, damping)
 
     def eig(self) -> tuple[Tensor, Tensor]:
@@ -653,30 +676,43 @@ def dense_solve(m: Tensor, b: Tensor, damping: float) -> Tensor:
 
 
 def conjugate_gradient(
-    mm: Any, b: Tensor, damping: float, rtol: float | None = None, max_iter: int | None = None
+    mm: Any,
+    b: Tensor,
+    damping: float,
+    rtol: float | None = None,
+    max_iter: int | None = None,
+    precond: Any = None,
 ) -> Tensor:
-    """Solve (F + damping·I) X = B column by column (batched) by conjugate gradients."""
+    """Solve (F + damping·I) X = B column by column (batched) by conjugate gradients, stopping at
+    ‖B − (F + damping·I) X‖ ≤ rtol ‖B‖ per column. ``precond`` (optional) maps residuals ``[p, k]`` to
+    M⁻¹ R for a symmetric positive definite M ≈ F + damping·I (e.g. a damped KFAC solve): the same answer
+    in far fewer products when F is ill-conditioned."""
     rtol = (1e-10 if b.dtype == torch.float64 else 1e-5) if rtol is None else rtol
     max_iter = 10 * b.shape[0] if max_iter is None else max_iter
+    tiny = torch.finfo(b.dtype).tiny
 
     def op(v: Tensor) -> Tensor:
         return mm(v) + damping * v
 
     x = torch.zeros_like(b)
     r = b.clone()
-    d = r.clone()
+    z = r if precond is None else precond(r)
+    d = z.clone()
+    rz = (r * z).sum(0)
     rs = (r * r).sum(0)
     target = (rtol * b.norm(dim=0)) ** 2
     for _ in range(max_iter):
         if bool((rs <= target).all()):
             return x
         q = op(d)
-        alpha = rs / (d * q).sum(0).clamp_min(torch.finfo(b.dtype).tiny)
+        alpha = rz / (d * q).sum(0).clamp_min(tiny)
         x = x + alpha * d
         r = r - alpha * q
-        rs_new = (r * r).sum(0)
-        d = r + (rs_new / rs.clamp_min(torch.finfo(b.dtype).tiny)) * d
-        rs = rs_new
+        rs = (r * r).sum(0)
+        z = r if precond is None else precond(r)
+        rz_new = (r * z).sum(0)
+        d = z + (rz_new / rz.clamp_min(tiny)) * d
+        rz = rz_new
     if bool((rs <= target).all()):
         return x
     raise ConvergenceError(

@@ -47,7 +47,9 @@ class BlockDiagonal(FisherMatrix):
             out[idx] = b.diagonal()
         return out
 
-    def _solve(self, b: Tensor, damping: float, rtol: float | None, max_iter: int | None) -> Tensor:
+    def _solve(
+        self, b: Tensor, damping: float, rtol: float | None, max_iter: int | None, precond: Any = None
+    ) -> Tensor:
         out = torch.empty_like(b)
         for idx, blk in zip(self._index, self.blocks):
             out[idx] = dense_solve(blk, b[idx], damping)

@@ -36,7 +36,9 @@ class Dense(FisherMatrix):
         check_dense_fits(self.p, self.dtype, "Dense.to_dense", max_bytes)
         return self.matrix.clone()
 
-    def _solve(self, b: Tensor, damping: float, rtol: float | None, max_iter: int | None) -> Tensor:
+    def _solve(
+        self, b: Tensor, damping: float, rtol: float | None, max_iter: int | None, precond: Any = None
+    ) -> Tensor:
         return dense_solve(self.matrix, b, damping)
 
     def eig(self) -> tuple[Tensor, Tensor]:
@@ -97,7 +99,9 @@ class Diagonal(FisherMatrix):
     def _diag(self) -> Tensor:
         return self.diagonal.clone()
 
-    def _solve(self, b: Tensor, damping: float, rtol: float | None, max_iter: int | None) -> Tensor:
+    def _solve(
+        self, b: Tensor, damping: float, rtol: float | None, max_iter: int | None, precond: Any = None
+    ) -> Tensor:
         d = self.diagonal + damping
         if bool((d <= 0).any()):
             from ..errors import FisherKLError

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -46,10 +47,12 @@ class Implicit(FisherMatrix):
             return d if self.scale == 1.0 else self.scale * d
         return self.to_dense().diagonal().clone()
 
-    def _solve(self, b: Tensor, damping: float, rtol: float | None, max_iter: int | None) -> Tensor:
+    def _solve(
+        self, b: Tensor, damping: float, rtol: float | None, max_iter: int | None, precond: Any = None
+    ) -> Tensor:
         if damping <= 0:
             raise FisherKLError("solve: pass damping > 0 for an implicit Fisher (conjugate gradients on F + damping·I)")
-        return conjugate_gradient(self._mm, b, damping, rtol, max_iter)
+        return conjugate_gradient(self._mm, b, damping, rtol, max_iter, precond)
 
     def topk(self, k: int) -> tuple[Tensor, Tensor]:
         k = check_k(k, self.p - 1, "topk (an implicit Fisher: Lanczos, k < p)")

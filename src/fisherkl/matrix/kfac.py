@@ -182,7 +182,9 @@ class _Kronecker(FisherMatrix):
     def _mm(self, v: Tensor) -> Tensor:
         return self._apply(v, lambda s: s)
 
-    def _solve(self, b: Tensor, damping: float, rtol: float | None, max_iter: int | None) -> Tensor:
+    def _solve(
+        self, b: Tensor, damping: float, rtol: float | None, max_iter: int | None, precond: Any = None
+    ) -> Tensor:
         self._refuse_singular(damping)
         return self._apply(b, lambda s: 1.0 / (s + damping))
 

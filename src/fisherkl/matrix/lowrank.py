@@ -39,7 +39,9 @@ class LowRank(FisherMatrix):
     def _diag(self) -> Tensor:
         return (self.vectors * self.vectors) @ self.values
 
-    def _solve(self, b: Tensor, damping: float, rtol: float | None, max_iter: int | None) -> Tensor:
+    def _solve(
+        self, b: Tensor, damping: float, rtol: float | None, max_iter: int | None, precond: Any = None
+    ) -> Tensor:
         if damping <= 0:
             raise FisherKLError("solve: a low-rank Fisher is singular off its k eigenvectors; pass damping > 0")
         # U diag(1/(λ + d)) Uᵀb + (b − UUᵀb)/d: the same as b/d + U[1/(λ + d) − 1/d]Uᵀb without the
