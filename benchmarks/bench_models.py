@@ -55,9 +55,10 @@ class Block(nn.Module):
             if stride != 1 or c_in != c_out
             else nn.Identity()
         )
+        self.r1, self.r2 = nn.ReLU(), nn.ReLU()  # modules, not F.relu: BackPACK's converter needs them
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.b2(self.c2(F.relu(self.b1(self.c1(x))))) + self.skip(x))
+        return self.r2(self.b2(self.c2(self.r1(self.b1(self.c1(x))))) + self.skip(x))
 
 
 class ResNet18(nn.Module):
@@ -71,10 +72,11 @@ class ResNet18(nn.Module):
                 layers.append(Block(c, w * mult, 2 if (j == 0 and i > 0) else 1))
                 c = w * mult
         self.layers = nn.Sequential(*layers)
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.fc = nn.Linear(c, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(F.adaptive_avg_pool2d(self.layers(self.stem(x)), 1).flatten(1))
+        return self.fc(self.pool(self.layers(self.stem(x))))
 
 
 class GPT(nn.Module):
@@ -227,6 +229,7 @@ def nngeometry(net: nn.Module, x: torch.Tensor, y: torch.Tensor, task: str, mode
     from torch.utils.data import DataLoader, TensorDataset
 
     loader = DataLoader(TensorDataset(x, y), batch_size=len(x))
+    net = copy.deepcopy(net)  # nngeometry's hooks stay on the network when it fails
     exact = {"exact diag": PMatDiag, "exact kfac": PMatKFAC}
     mc = {"mc diag": PMatDiag, "mc kfac": PMatKFAC}
     if task in exact:
@@ -349,7 +352,7 @@ def interleaved(fns: dict[str, Fn], repeats: int) -> tuple[dict[str, float], dic
             try:
                 f()
             except Exception as exc:
-                failed[k] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:60]}"
+                failed[k] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:60]}" if str(exc) else type(exc).__name__
                 continue
             times[k].append(time.perf_counter() - t)
     return {k: statistics.median(v) for k, v in times.items() if k not in failed and v}, failed
