@@ -366,7 +366,20 @@ def memory_child(spec: str, width: int) -> None:
     f = make(net, x, y, task, model) if lib != "gradient" else gradient(net, x, y)
     if f is not None:
         f()
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(peak_mib())
+
+
+def peak_mib() -> float:
+    """This process's peak RSS in MiB: VmHWM from /proc (getrusage's ru_maxrss survives execve, so a child
+    would report its parent's peak), else ru_maxrss."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:

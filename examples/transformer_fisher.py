@@ -95,7 +95,7 @@ def main() -> None:
             print(f"step {step:4d}  loss/token {loss.item():.3f}")
     p = sum(q.numel() for q in net.parameters())
     took = time.perf_counter() - t0
-    print(f"trained a {p}-parameter GPT on {len(text)} characters ({len(chars)} tokens) in {took:.1f}s\n")
+    print(f"trained a {p}-parameter GPT on {len(text)} characters (a vocabulary of {len(chars)}) in {took:.1f}s\n")
 
     n = 8 if args.quick else args.sequences
     data = windows(ids, context, n, torch.Generator().manual_seed(2))
