@@ -41,6 +41,13 @@ def test_slow_decay_needs_restarts_and_converges():
     assert products > 41  # more than one basis of m = 41 vectors: the thick restart was exercised
 
 
+@pytest.mark.parametrize("scale", [1e-12, 1e12])
+def test_the_scale_of_the_matrix_does_not_matter(scale):
+    p, k = 300, 10
+    lam = scale / torch.arange(1, p + 1, dtype=F64)
+    check(spd(p, lam, 7), k)
+
+
 def test_rank_deficient_matrix_continues_past_the_invariant_subspace():
     p, k = 300, 12
     lam = torch.zeros(p, dtype=F64)
@@ -53,9 +60,10 @@ def test_small_matrix_takes_the_dense_route():
     assert check(a, 4) == 15
 
 
-def test_float32_operator_meets_its_tolerance():
+@pytest.mark.parametrize("scale", [1.0, 1e-9])
+def test_float32_operator_meets_its_tolerance(scale):
     p, k = 500, 10
-    a = spd(p, torch.exp(-torch.arange(p, dtype=F64) / 20), 3).float()
+    a = spd(p, scale * torch.exp(-torch.arange(p, dtype=F64) / 20), 3).float()
     vals, vecs = topk_eigh(lambda v: a @ v, p, k, torch.float32, CPU)
     ref = torch.linalg.eigvalsh(a.double()).flip(0)[:k]
     assert vals.dtype == torch.float32 and vecs.shape == (p, k)

@@ -63,7 +63,7 @@ def topk_eigh(
                 if beta > 0.7 * before:
                     break
                 before = beta
-            if beta <= torch.finfo(dtype).eps * max(1.0, float(t.abs().max())):  # an invariant subspace
+            if beta <= torch.finfo(dtype).eps * float(t.abs().max()):  # an invariant subspace (relative to ‖A‖)
                 w = _fresh(v[: j + 1], j + products)
                 beta = 0.0
             else:

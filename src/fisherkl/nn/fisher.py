@@ -286,7 +286,7 @@ def fisher(
         except StopIteration:  # this rank has no (more) batches
             pass
         else:
-            stats = [stat, tick] if keep is None else [stat, tick, keep]
+            stats = [stat, tick, keep] if keep is not None and phase == "kfac" else [stat, tick]
             engine.run(itertools.chain([first], it), h, kind, mc_samples, gen_for, stats, positions)
         checkpoint_now(True)
         done_stats[phase] = stat.state()
