@@ -53,3 +53,57 @@ def test_peak_memory_is_flat_in_the_number_of_batches(rep, kind):
 def test_the_peak_measure_sees_the_child_s_own_allocations():
     plain, ballast = peak_mib("diag", "exact", 2), peak_mib("ballast", "exact", 2)
     assert ballast >= plain + 200, (plain, ballast)
+
+
+STEP = textwrap.dedent(
+    """
+    import sys, torch
+    import torch.nn.functional as F
+    from torch import nn
+    import fisherkl.nn as fnn
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    task = sys.argv[1]
+
+    class Block(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.c1, self.b1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+            self.c2, self.b2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+
+        def forward(self, x):
+            return torch.relu(self.b2(self.c2(torch.relu(self.b1(self.c1(x))))) + x)
+
+    net = nn.Sequential(nn.Conv2d(3, 24, 3, padding=1), nn.BatchNorm2d(24), nn.ReLU(inplace=True), Block(24),
+                        Block(24), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10)).eval()
+    x = torch.randn(256, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 10, (256,), generator=torch.Generator().manual_seed(2))
+    def hwm():
+        return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
+    base = hwm()
+    if task == "gradient":
+        F.cross_entropy(net(x), y).backward()
+    else:
+        kind, rep = task.split(":")
+        fnn.fisher(net, [(x, y)], kind=kind, representation=rep, seed=0)
+    print(base, hwm())
+    """
+)
+
+
+def step_mib(task: str) -> tuple[float, float]:
+    out = subprocess.run([sys.executable, "-c", STEP, task], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    base, peak = map(float, out.stdout.split()[-2:])
+    return base, peak
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["mc:diag", "exact:diag", "mc:kfac", "exact:kfac", "mc:ekfac"])
+def test_peak_memory_is_that_of_a_training_step(task):
+    """A ResNet-style network (BatchNorm in eval mode, an in-place ReLU, skip connections), one batch of 256
+    images: the memory a Fisher adds to the process stays within 1.5× what one training step adds (the
+    statistics are taken inside the backward pass, layer by layer; the representation itself is small)."""
+    base, grad = step_mib("gradient")
+    base_f, ours = step_mib(task)
+    assert ours - base_f <= 1.5 * (grad - base), (task, grad - base, ours - base_f)

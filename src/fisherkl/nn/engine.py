@@ -38,12 +38,17 @@ from .passes import fisher_passes, unwrap, vjp
 from .rows import KINDS, Rows
 from .rules import Call, GenericRule, Rule, flat_tensors, rule_class
 from .rules.network import NetworkRule
+from .tap import Slot, Tap, is_inplace_on_tap
 from .uses import FunctionalLinearRule, ParameterUses
 
 __all__ = ["KINDS", "Engine", "fisher_passes", "per_example_gradients", "unwrap"]
 
 ROW_BYTES = 256 * 1024**2  # gradients of the recorded outputs kept at once (one chunk of rows)
-CHUNK_BYTES = 64 * 1024**2  # per-example intermediates of a statistic
+# per-example intermediates of a statistic. Small on purpose: glibc serves allocations over 32 MiB by fresh mmaps,
+# whose first touch page-faults (a ResNet's exact diagonal spent a third of its time there with 64 MiB chunks)
+CHUNK_BYTES = 8 * 1024**2
+STREAM_BYTES = 32 * 1024**2  # above this many bytes of recorded gradients per chunk, statistics are taken in the
+# backward pass, layer by layer (see fisherkl.nn.tap); below it, rows are batched (faster on small networks)
 
 
 def _map_tensors(obj: Any, fn: Callable[[Tensor], Tensor]) -> Any:
@@ -169,7 +174,21 @@ class Engine:
         self._probe: dict[tuple[Rule, int], tuple[Any, ...]] = {}
         self._templates: dict[tuple[Rule, int], _Template] = {}
         self._expand_off = False
-        self._clone: set[Rule] = set()
+        self._clone: set[Rule] = set()  # rules whose recorded outputs the network edits in place: tapped by copy
+        if self.separable:  # no probe: an in-place layer edits the output of the last layer with parameters before it
+            by_module = {id(r.module): r for r in self.rules}
+            last: Rule | None = None
+            for m in net.modules():
+                if id(m) in by_module:
+                    last = by_module[id(m)]
+                elif getattr(m, "inplace", False) and last is not None:
+                    self._clone.add(last)
+        self._copy_all = False  # every tap copies (a forward that found an in-place edit of a tap's view)
+        self._copies: list[tuple[Rule, Tensor, int]] = []  # copy taps of this forward and their versions
+        # taps made by a rule's own forward, not recorded yet: id(tap) → (slot, tap, source, copied)
+        self._pending: dict[int, tuple[Slot, Tensor, Tensor, bool]] = {}
+        self._z: Tensor | None = None  # the leaf every tap takes (see fisherkl.nn.tap)
+        self._sink: _Sink | None = None  # where taps deliver gradients during engine.backward
         self._handles: list[Any] = []
         self._passes: Any = None
         self.checked = False
@@ -255,14 +274,44 @@ class Engine:
         return hook
 
     def record(self, rule: Rule, call: Call) -> None:
-        """Record a call made by a rule's own forward (inputs and outputs batch first already)."""
+        """Record a call made by a rule's own forward (inputs and outputs batch first already); outputs the rule
+        tapped with :meth:`tap` deliver their gradients in the backward pass."""
         call.dtype = self.dtype
+        call.tapped = [False] * len(call.outs)
+        for i, o in enumerate(call.outs):
+            found = self._pending.pop(id(o), None)
+            if found is not None and found[1] is o:
+                slot, _, source, copy = found
+                slot.bind(call, i)
+                call.tapped[i] = True
+                if copy:  # the network gets the copy; the recorded tensor is the original
+                    call.outs[i] = source
         call.versions = [o._version for o in call.outs]
         self.calls.setdefault(rule, []).append(call)
 
+    def tap(self, rule: Rule, t: Tensor) -> Tensor:
+        """``t`` as the network should use it during a recording forward: through a tap (see
+        :mod:`fisherkl.nn.tap`), so that its gradient reaches the statistics in the backward pass. For outputs
+        a rule records itself (:meth:`record` binds the tap to its call)."""
+        if self._mode == "probe" or not self.recording or not t.requires_grad:
+            return t
+        slot = Slot()
+        copy = self._copy_all or rule in self._clone
+        y = self._tap(rule, t, slot, copy)
+        self._pending[id(y)] = (slot, y, t, copy)
+        return y
+
+    def _tap(self, rule: Rule, t: Tensor, slot: Slot, copy: bool) -> Tensor:
+        if self._z is None:
+            self._z = torch.zeros((), dtype=t.dtype, device=t.device, requires_grad=True)
+        y: Tensor = Tap.apply(t, self._z, self, slot, copy)
+        if copy:
+            self._copies.append((rule, y, y._version))
+        return y
+
     def recorded_output(self, rule: Rule, call: Call, value: Tensor) -> Tensor:
-        """What a rule's own forward returns for a recorded output (a copy when downstream edits it in place)."""
-        return value.clone() if rule in self._clone else value
+        """What a rule's own forward returns for a recorded output (tapped already by :meth:`tap`)."""
+        return value
 
     def _classify(self, rule: Rule, call: Call, out: Any) -> Any:
         """Set the call's batch dimensions (probe / template), broadcast batch-independent outputs, record it."""
@@ -276,6 +325,7 @@ class Engine:
         )
         if self._mode == "probe":
             self._probe[key] = shapes
+            call.versions = [o._version for o in call.outs]
             calls.append(call)
             return None
         tpl = self._templates.get(key)
@@ -306,20 +356,23 @@ class Engine:
         call.kw_bdims = {k: (None if d == "?" else d) for k, d in tpl.kw_bdims.items()}
         call.out_bdims = [None if d == "?" else d for d in tpl.out_bdims]
         call.cache["unsupported"] = not tpl.ok
-        replaced = None
         expand = [d is None for d in tpl.out_bdims] if not self._expand_off else [False] * len(call.outs)
-        if any(expand) or rule in self._clone:
-            ids = {id(o): i for i, o in enumerate(call.outs)}
+        ids = {id(o): i for i, o in enumerate(call.outs)}
+        call.tapped = [False] * len(call.outs)
+        copy = self._copy_all or rule in self._clone
 
-            def swap(t: Tensor) -> Tensor:
-                i = ids.get(id(t))
-                if i is None:
-                    return t
-                new = _broadcast(t, self.n) if expand[i] else t
-                call.outs[i] = new  # the recorded tensor; downstream gets a copy when it edits in place
-                return new.clone() if rule in self._clone else new
+        def swap(t: Tensor) -> Tensor:
+            i = ids.get(id(t))
+            if i is None:
+                return t
+            new = _broadcast(t, self.n) if expand[i] else t
+            slot = Slot(call, i)
+            y = self._tap(rule, new, slot, copy)
+            call.outs[i] = new if copy else y  # with a copy, the network gets the copy
+            call.tapped[i] = True
+            return y
 
-            replaced = _map_tensors(out, swap)
+        replaced = _map_tensors(out, swap) if _rebuildable(out) or any(expand) else None
         if self._expand_off:
             call.cache["unsupported"] = call.cache["unsupported"] or any(d is None for d in tpl.out_bdims)
         call.versions = [o._version for o in call.outs]
@@ -330,22 +383,35 @@ class Engine:
     def forward(self, batch: Batch) -> Tensor:
         """Run the network on a batch (on the network's device), recording module calls; returns outputs
         ``[n, *P, C]`` (with graph)."""
-        for _ in range(3):
-            self.calls = {}
+        for _ in range(5):
+            self.calls, self._copies, self._pending = {}, [], {}
             self.n = batch.n
             self._stale = False
             self.recording, self.active = True, {}
             try:
                 with torch.enable_grad(), self._uses():
                     out = self.adapter.outputs(self.call(batch))
+            except RuntimeError as exc:
+                if not is_inplace_on_tap(exc) or self._copy_all:
+                    raise
+                self._copy_all = True  # a recorded output is edited in place: find which, with copies everywhere
+                continue
             finally:
                 self.recording = False
+                self._pending = {}
             if not isinstance(out, Tensor):
                 raise ParameterError(f"the network's outputs must be a tensor, got {type(out).__name__}")
+            if self._copy_all:  # found the edited outputs; the next forward copies only those
+                self._copy_all = False
+                self._clone |= {r for r, y, v in self._copies if y._version != v}
+                self._copies, self.calls = [], {}
+                del out  # its graph goes before the next forward
+                continue
             changed = {r for r, cs in self.calls.items() for c in cs if [o._version for o in c.outs] != c.versions}
+            self._copies = []
             if not changed:
                 return out
-            self._clone |= changed  # an in-place op downstream modified a recorded output: copy it
+            self._clone |= changed  # an in-place op modified a recorded output itself: copy it
         raise FisherKLError(f"layer outputs were modified in place and could not be protected: {changed}")
 
     def probe(self, batch: Batch) -> Tensor:
@@ -359,6 +425,8 @@ class Engine:
         try:
             with torch.enable_grad(), self._uses():
                 out = self.adapter.outputs(self.call(sub))
+            # outputs the network edits in place are tapped by copy (found here, without taps, not by a failure)
+            self._clone |= {r for r, cs in self.calls.items() for c in cs if [o._version for o in c.outs] != c.versions}
         finally:
             self.recording, self._mode, self.calls = False, "main", {}
         self._templates = {}
@@ -383,6 +451,8 @@ class Engine:
         try:
             return self.adapter.call(self.net, batch)
         except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+            if is_inplace_on_tap(exc):
+                raise
             dtypes = [str(t.dtype) for t in batch.tensors()]
             raise ParameterError(
                 f"data: the network's forward failed on the first batch ({type(exc).__name__}: {exc}); the batch's "
@@ -410,30 +480,52 @@ class Engine:
             self._probe = {}
         return total // max(1, batch.n)
 
-    def backward(self, out: Tensor, rows: Tensor, keep_graph: bool = False) -> None:
+    def backward(self, out: Tensor, rows: Tensor, keep_graph: bool = False, sink: _Sink | None = None) -> None:
         """Backpropagate cotangent rows ``[k, n, *P, C]`` to every recorded output, one pass per row through the
         activations only (this beats a vmapped backward, which falls back to a loop for convolutions and
-        pooling); each call keeps the k gradients of its outputs, batch first. The graph is freed after the
-        last row unless ``keep_graph``."""
+        pooling). Tapped outputs hand their gradients to ``sink`` as the pass reaches them (streamed rules are
+        turned into statistics there); every other call keeps the k gradients of its outputs, batch first. The
+        graph is freed after the last row unless ``keep_graph``."""
+        sink = sink if sink is not None else _Sink(self, set(), [], final=False)
         calls = [c for cs in self.calls.values() for c in cs]
-        targets = [o for c in calls for o in c.outs]
+        if not calls:
+            return
+        loose = [(c, i) for c in calls for i in range(len(c.outs)) if not c.tapped[i]]
+        head = [self._z] if self._z is not None and any(any(c.tapped) for c in calls) else []
+        inputs = head + [c.outs[i] for c, i in loose]
         rows = rows.to(out.dtype)
-        per_out: list[list[Tensor]] = [[] for _ in targets]
         k = rows.shape[0]
-        if targets:
+        self._sink = sink
+        try:
             for r in range(k):
-                keep = keep_graph or r < k - 1
-                gs = vjp(out, targets, rows[r], retain_graph=keep, materialize_grads=True)
-                for lst, g in zip(per_out, gs):
-                    lst.append(g)
-        at = 0
-        cast = self.dtype != self.net_dtype
-        for c in calls:
-            grads = per_out[at : at + len(c.outs)]
-            if cast:
-                grads = [[g.to(self.dtype) for g in gs] for gs in grads]
-            c.set_rows([[g.movedim(d, 0) for g in gs] if d else gs for gs, d in zip(grads, c.out_bdims)])
-            at += len(c.outs)
+                sink.begin_row(last=sink.final and r == k - 1)
+                got = vjp(out, inputs, rows[r], retain_graph=keep_graph or r < k - 1, allow_unused=True)
+                for (c, i), g in zip(loose, got[len(head) :]):
+                    sink.put(c, i, torch.zeros_like(c.outs[i]) if g is None else g)
+                sink.end_row()
+        finally:
+            self._sink = None
+        sink.store()
+
+    def _stub_outputs(self) -> None:
+        """From here on tapped outputs matter only by their shape: one-element stubs, so that the network's graph
+        frees them when a training step would (a BatchNorm's output, once the next ReLU has run)."""
+        for cs in self.calls.values():
+            for c in cs:
+                c.outs = [
+                    torch.zeros((), dtype=o.dtype, device=o.device).expand(o.shape) if t else o
+                    for o, t in zip(c.outs, c.tapped)
+                ]
+
+    def on_tap(self, slot: Slot, g: Tensor) -> None:
+        """A tap's gradient (called by :class:`~fisherkl.nn.tap.Tap` during the backward pass)."""
+        if self._sink is not None and slot.call is not None:
+            self._sink.put(slot.call, slot.index, g)
+
+    def row_bytes(self) -> int:
+        """Bytes of one cotangent row's gradients of every recorded output (in the statistics' dtype)."""
+        size = torch.empty((), dtype=self.dtype).element_size()
+        return size * sum(o.numel() for cs in self.calls.values() for c in cs for o in c.outs)
 
     def check_batch(self, batch: Batch, out: Tensor, probe_out: Tensor | None) -> None:
         """The first-batch checks of the module doc: independence, then completeness (finding parameters
@@ -535,9 +627,7 @@ class Engine:
 
     def rows_per_chunk(self) -> int:
         """Cotangent rows backpropagated at once, so that their recorded gradients fit in ``ROW_BYTES``."""
-        per_row = sum(o.numel() for cs in self.calls.values() for c in cs for o in c.outs)
-        size = torch.empty((), dtype=self.dtype).element_size()
-        return max(1, ROW_BYTES // max(1, per_row * size))
+        return max(1, ROW_BYTES // max(1, self.row_bytes()))
 
     def run(
         self,
@@ -550,8 +640,13 @@ class Engine:
         positions: str = "sum",
     ) -> int:
         """Stream the data: for every batch, forward, cotangent rows, chunked backward with each stat's
-        ``add_rows(engine)``, then ``end_batch(engine, count)``. Returns the total count (examples, or
-        unmasked positions with ``positions="mean"``)."""
+        ``add_rows(engine, rules)``, then ``add_inputs(engine, rules)`` and ``end_batch(engine, count)``.
+        Returns the total count (examples, or unmasked positions with ``positions="mean"``).
+
+        When a chunk's recorded gradients would exceed ``STREAM_BYTES``, every rule that all stats can take
+        one at a time (``stat.streams(engine, rule)``) is *streamed*: its statistics are taken inside the
+        backward pass as soon as its outputs' gradients arrive, which are then dropped, and after the last
+        row its inputs too (see :mod:`fisherkl.nn.tap`)."""
         total = 0
         with self:
             for index, raw in enumerate(batches):
@@ -563,13 +658,28 @@ class Engine:
                     if not getattr(s, "ready", True):
                         s.setup(self)
                 k = self.rows_per_chunk()
-                chunks = list(range(0, rows.count, k)) or [0]
+                streamed: set[Rule] = set()
+                if self.row_bytes() * min(k, max(rows.count, 1)) > STREAM_BYTES:
+                    streamed = {
+                        r
+                        for r, cs in self.calls.items()
+                        if all(all(c.tapped) for c in cs) and all(_streams(s, self, r) for s in stats)
+                    }
+                rest = [r for r in self.calls if r not in streamed]
+                chunks = list(range(0, rows.count, k))
+                released: set[Rule] = set()
                 for i, chunk in enumerate(rows.chunks(k)):
-                    self.backward(out, chunk, keep_graph=i < len(chunks) - 1)
+                    sink = _Sink(self, streamed, stats, final=i == len(chunks) - 1)
+                    self.backward(out, chunk, keep_graph=i < len(chunks) - 1, sink=sink)
+                    released |= sink.released
                     for s in stats:
-                        s.add_rows(self)
+                        s.add_rows(self, rest)
                 if rows.count == 0:
                     del out
+                left = [r for r in self.calls if r not in released]
+                for s in stats:
+                    if hasattr(s, "add_inputs"):
+                        s.add_inputs(self, left)
                 if positions == "sum":
                     count = batch.n
                 else:
@@ -605,12 +715,117 @@ class Engine:
                 self.probe(batch)
                 out = self.forward(batch)
                 self.check_batch(batch, out, probe_out)
+        self._stub_outputs()
         if self.network_rule is not None:
             call = Call(batch.args, batch.kwargs, [out], n=batch.n)
             call.arg_bdims = tuple(_batch_dim(a, batch.n) for a in call.args)
             call.kw_bdims = {k: _batch_dim(v, batch.n) for k, v in call.kwargs.items()}
             self.calls[self.network_rule] = [call]
         return batch, out
+
+
+def _streams(stat: Any, engine: Engine, rule: Rule) -> bool:
+    fn = getattr(stat, "streams", None)
+    return bool(fn is not None and fn(engine, rule))
+
+
+class _Sink:
+    """Gradients delivered during :meth:`Engine.backward` of one chunk of rows. A streamed rule's statistics are
+    taken as soon as every output of its calls has the current row's gradient (each stat's ``add_rows(engine,
+    [rule])``), and the gradients dropped; on the batch's last row also ``add_inputs(engine, [rule])``, and the
+    calls' inputs are dropped. Other calls keep their rows (:meth:`store` hands them over after the chunk)."""
+
+    def __init__(self, engine: Engine, streamed: set[Rule], stats: list[Any], final: bool) -> None:
+        self.engine, self.streamed, self.stats, self.final = engine, streamed, stats, final
+        self.owner = {id(c): r for r, cs in engine.calls.items() for c in cs}
+        self.kept = {id(c): [[] for _ in c.outs] for r, cs in engine.calls.items() if r not in streamed for c in cs}
+        self.now: dict[int, list[Tensor | None]] = {}
+        self.left: dict[Rule, int] = {}
+        self.done: set[Rule] = set()
+        self.released: set[Rule] = set()
+        self.row, self.last = -1, False
+
+    def begin_row(self, last: bool) -> None:
+        self.row, self.last, self.done = self.row + 1, last, set()
+        calls = self.engine.calls
+        self.now = {id(c): [None] * len(c.outs) for r in self.streamed for c in calls.get(r, [])}
+        self.left = {r: sum(len(c.outs) for c in calls.get(r, [])) for r in self.streamed}
+
+    def put(self, call: Call, i: int, g: Tensor) -> None:
+        rule = self.owner.get(id(call))
+        if rule is None:  # a tap of another forward's graph
+            return
+        eng = self.engine
+        if g.dtype != eng.dtype:
+            g = g.to(eng.dtype)
+        d = call.out_bdims[i]
+        if d:
+            g = g.movedim(d, 0)
+        if rule not in self.streamed:
+            self.kept[id(call)][i].append(g)
+            return
+        row = self.now[id(call)]
+        if row[i] is None:
+            self.left[rule] -= 1
+        row[i] = g
+        if self.left[rule] == 0:
+            self.flush(rule)
+
+    def _zeros(self, call: Call, i: int) -> Tensor:
+        z = torch.zeros_like(call.outs[i], dtype=self.engine.dtype)
+        d = call.out_bdims[i]
+        return z.movedim(d, 0) if d else z
+
+    def flush(self, rule: Rule) -> None:
+        eng = self.engine
+        calls = eng.calls.get(rule, [])
+        for c in calls:
+            c.set_rows([[g if g is not None else self._zeros(c, i)] for i, g in enumerate(self.now[id(c)])])
+        for s in self.stats:
+            s.add_rows(eng, [rule])
+        for c in calls:
+            c.set_rows([])
+            self.now[id(c)] = [None] * len(c.outs)
+        self.done.add(rule)
+        if self.last:
+            for s in self.stats:
+                if hasattr(s, "add_inputs"):
+                    s.add_inputs(eng, [rule])
+            for c in calls:  # the inputs go now, as the training step's saved activations would
+                c.args, c.kwargs, c.outs, c.cache = (), {}, [], {}
+            self.released.add(rule)
+
+    def end_row(self) -> None:
+        """Outputs that the row does not reach get zeros."""
+        for rule in self.streamed:
+            if rule not in self.done and rule not in self.released and self.engine.calls.get(rule):
+                self.flush(rule)
+        for cs in self.engine.calls.values():
+            for c in cs:
+                lists = self.kept.get(id(c))
+                if lists is None:
+                    continue
+                for i, lst in enumerate(lists):
+                    if len(lst) <= self.row:
+                        lst.append(self._zeros(c, i))
+
+    def store(self) -> None:
+        for cs in self.engine.calls.values():
+            for c in cs:
+                if id(c) in self.kept:
+                    c.set_rows(self.kept[id(c)])
+
+
+def _rebuildable(obj: Any) -> bool:
+    """Whether :func:`_map_tensors` rebuilds ``obj`` faithfully (tensors, plain tuples, lists and dicts, and
+    namedtuples of them): other containers keep their outputs untapped."""
+    if isinstance(obj, Tensor):
+        return True
+    if type(obj) in (tuple, list) or (isinstance(obj, tuple) and hasattr(obj, "_fields")):
+        return all(_rebuildable(o) for o in obj)
+    if type(obj) is dict:
+        return all(_rebuildable(o) for o in obj.values())
+    return not isinstance(obj, (tuple, list, dict))
 
 
 def _batch_dim(t: Any, n: int) -> int | None:

@@ -397,7 +397,10 @@ class _Tick:
 
     ready = True
 
-    def add_rows(self, engine: Engine) -> None:
+    def streams(self, engine: Engine, rule: Any) -> bool:
+        return True
+
+    def add_rows(self, engine: Engine, rules: list[Any] | None = None) -> None:
         pass
 
     def end_batch(self, engine: Engine, count: int) -> None:
@@ -454,20 +457,28 @@ def needs_reiterable(data: Any, what: str) -> None:
 class _KeepOnlyBatch:
     """Keeps the recorded calls of a pass over a single batch with a single backward, so that EKFAC's second
     pass (its scales in the eigenbasis of the factors) reuses them instead of repeating the forward and backward
-    passes. The second pass would draw the same Monte Carlo rows (seeded per batch), so the result is the same."""
+    passes. The second pass would draw the same Monte Carlo rows (seeded per batch), so the result is the same.
+    Only while that is cheap: when one row's gradients of the recorded outputs exceed ``KEEP_BYTES`` the layers
+    are streamed instead (see :mod:`fisherkl.nn.tap`) and the second pass runs."""
 
     ready = True
+    KEEP_BYTES = 64 * 1024**2
 
     def __init__(self) -> None:
         self.calls: dict[Any, Any] | None = None
         self.count = 0
         self.backwards = 0
+        self.keeping = True
 
-    def add_rows(self, engine: Engine) -> None:
+    def streams(self, engine: Engine, rule: Any) -> bool:
+        self.keeping = self.keeping and engine.row_bytes() <= self.KEEP_BYTES
+        return not self.keeping
+
+    def add_rows(self, engine: Engine, rules: list[Any] | None = None) -> None:
         self.backwards += 1
 
     def end_batch(self, engine: Engine, count: int) -> None:
-        self.calls = engine.calls if self.backwards == 1 else None
+        self.calls = engine.calls if self.backwards == 1 and self.keeping else None
         self.count = count
 
     def use(self, engine: Engine) -> Engine:

@@ -53,9 +53,15 @@ class DiagStat:
         self.joint = [r for r in self.rules if set(r.names) & shared]
         self.ready = True
 
-    def add_rows(self, engine: Engine) -> None:
+    def streams(self, engine: Engine, rule: Rule) -> bool:
+        """A rule's squared sums can be taken alone unless it shares a parameter with another rule."""
+        return rule not in self.joint
+
+    def add_rows(self, engine: Engine, rules: list[Rule] | None = None) -> None:
         want = set(self.names)
         for r in self.separate:
+            if rules is not None and r not in rules:
+                continue
             calls = engine.calls.get(r)
             if not calls:
                 continue
@@ -63,7 +69,7 @@ class DiagStat:
             for k, v in r.sq_sum(calls, engine.chunk(calls[0].n_rows, width)).items():
                 if k in want and k in r.names:
                     self.sum[k] += v
-        if self.joint:
+        if self.joint and (rules is None or any(r in rules for r in self.joint)):
             n = next((c.n for r in self.joint for c in engine.calls.get(r, [])), 0)
             for sl in _slices(n, engine.chunk(8, engine.layout.numel)):
                 for k, v in engine.per_example(self.joint, sl).items():
@@ -110,7 +116,10 @@ class BlockStat:
     def setup(self, engine: Engine) -> None:
         self.ready = True
 
-    def add_rows(self, engine: Engine) -> None:
+    def add_rows(self, engine: Engine, rules: list[Rule] | None = None) -> None:
+        """All rules at once (blocks couple the layers; nothing is streamed)."""
+        if rules is not None and not rules:
+            return
         # Linear layers without weight sharing: the Kronecker-structured Gram, n·p² instead of n·R·p²
         grams = [kron_gram(engine, g) for g in self.groups]
         if all(k is not None for k in grams):
@@ -269,23 +278,33 @@ class KFACStat:
         self.diag.setup(engine)
         self.ready = True
 
-    def add_rows(self, engine: Engine) -> None:
+    def streams(self, engine: Engine, rule: Rule) -> bool:
+        return self.diag.streams(engine, rule)
+
+    def add_rows(self, engine: Engine, rules: list[Rule] | None = None) -> None:
         for r, p in self.kron:
+            if rules is not None and r not in rules:
+                continue
             calls = engine.calls.get(r)
             if not calls:
                 continue
             g = p.kfac_g(calls, self.mode)
             self.g[p] = self.g[p] + g if p in self.g else g
-        self.diag.add_rows(engine)
+        self.diag.add_rows(engine, rules)
 
-    def end_batch(self, engine: Engine, count: int) -> None:
+    def add_inputs(self, engine: Engine, rules: list[Rule] | None = None) -> None:
+        """The A factors of the rules' maps (once per batch, from the recorded inputs)."""
         for r, p in self.kron:
+            if rules is not None and r not in rules:
+                continue
             calls = engine.calls.get(r)
             if not calls:
                 continue
             a, rows = p.kfac_a(calls, self.mode)
             self.a[p] = self.a[p] + a if p in self.a else a
             self.a_rows[p] = self.a_rows.get(p, 0) + rows
+
+    def end_batch(self, engine: Engine, count: int) -> None:
         self.diag.end_batch(engine, count)
         self.count += count
 
@@ -385,8 +404,13 @@ class EKFACStat:
         self.s: dict[LinearPart, Tensor] = {}
         self.count = 0
 
-    def add_rows(self, engine: Engine) -> None:
+    def streams(self, engine: Engine, rule: Rule) -> bool:
+        return True
+
+    def add_rows(self, engine: Engine, rules: list[Rule] | None = None) -> None:
         for r, p in self.kfac.kron:
+            if rules is not None and r not in rules:
+                continue
             qg, qa = self.bases[p]
             calls = engine.calls.get(r)
             if not calls:

@@ -151,30 +151,34 @@ class MultiheadAttentionRule(PartsRule):
         tr = (lambda t: t) if m.batch_first else (lambda t: t.transpose(0, 1))
         q_in, k_in, v_in = tr(query), tr(key), tr(value)
         n, t_len, s_len = q_in.shape[0], q_in.shape[1], k_in.shape[1]
+
+        def tap(t: Tensor) -> Tensor:  # the projections' gradients reach the statistics in the backward pass
+            return engine.tap(self, t)
+
         b = m.in_proj_bias
         if m._qkv_same_embed_dim:
             w = m.in_proj_weight
             if layout == "qkv":
                 inputs = [q_in]
-                projs = [F.linear(q_in, w, b)]
+                projs = [tap(F.linear(q_in, w, b))]
                 q, k, v = projs[0].chunk(3, -1)
             elif layout == "q,kv":
                 inputs = [q_in, k_in]
                 projs = [
-                    F.linear(q_in, w[:e], None if b is None else b[:e]),
-                    F.linear(k_in, w[e:], None if b is None else b[e:]),
+                    tap(F.linear(q_in, w[:e], None if b is None else b[:e])),
+                    tap(F.linear(k_in, w[e:], None if b is None else b[e:])),
                 ]
                 q, (k, v) = projs[0], projs[1].chunk(2, -1)
             else:
                 inputs = [q_in, k_in, v_in]
                 bs = (None, None, None) if b is None else b.chunk(3)
-                projs = [F.linear(x, wj, bj) for x, wj, bj in zip(inputs, w.chunk(3), bs)]
+                projs = [tap(F.linear(x, wj, bj)) for x, wj, bj in zip(inputs, w.chunk(3), bs)]
                 q, k, v = projs
         else:
             inputs = [q_in, k_in, v_in]
             bs = (None, None, None) if b is None else b.chunk(3)
             ws = (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight)
-            projs = [F.linear(x, wj, bj) for x, wj, bj in zip(inputs, ws, bs)]
+            projs = [tap(F.linear(x, wj, bj)) for x, wj, bj in zip(inputs, ws, bs)]
             q, k, v = projs
         q = q.reshape(n, t_len, h, hd).transpose(1, 2)
         k = k.reshape(n, s_len, h, hd).transpose(1, 2)
@@ -204,7 +208,7 @@ class MultiheadAttentionRule(PartsRule):
         else:
             ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=causal)
         ctx = ctx.transpose(1, 2).reshape(n, t_len, e)
-        y = F.linear(ctx, m.out_proj.weight, m.out_proj.bias)
+        y = tap(F.linear(ctx, m.out_proj.weight, m.out_proj.bias))
         self.bind(layout)
         call = Call(tuple(x.detach() for x in (*inputs, ctx)), {}, [*projs, y], n=n)
         call.cache["mha"] = True

@@ -57,6 +57,7 @@ class Call:
         self.kw_bdims: dict[str, int | None] = {k: 0 for k in kwargs}
         self.out_bdims: list[int | None] = [0 for _ in outs]
         self.versions: list[int] = []
+        self.tapped: list[bool] = [False] * len(outs)  # outputs whose gradients a tap delivers (fisherkl.nn.tap)
         self.rows: list[list[Tensor]] = []
         self._stacked: list[Tensor] | None = None
         if grads is not None:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from .base import Call, Rule, register
 
 ALL = slice(None)
-CHUNK_BYTES = 64 * 1024**2  # inputs of one chunk of examples (convolutions unfold them)
+CHUNK_BYTES = 8 * 1024**2  # inputs of one chunk of examples (convolutions unfold them; see engine.CHUNK_BYTES)
 
 
 class LinearPart:
@@ -214,7 +214,9 @@ class LinearPart:
         return total, rows
 
     def _dtype(self, calls: list[Call]) -> torch.dtype:
-        return self.gt_row(self.mine(calls)[0], 0).dtype
+        """The statistics' dtype (the recorded gradients'; the rows may be gone when A is taken)."""
+        call = self.mine(calls)[0]
+        return call.dtype if call.dtype is not None else self.gt_row(call, 0).dtype
 
     def kfac_g(self, calls: list[Call], mode: str) -> Tensor:
         """Σ g gᵀ over rows r, examples and positions (expand) or of the position-sum g (reduce)."""

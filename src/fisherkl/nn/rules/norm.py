@@ -9,10 +9,12 @@ and the engine refuses). These parameters are small: KFAC keeps their exact diag
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import Call, Rule, register
+from .linear import CHUNK_BYTES
 
 
 class NormRule(Rule):
@@ -25,6 +27,17 @@ class NormRule(Rule):
         """The dimensions of x ``[n, ...]`` that the parameters run along (the rest are summed)."""
         raise NotImplementedError
 
+    def weight_grad(self, c: Call, g: Tensor, x: Tensor, sl: slice, summed: tuple[int, ...]) -> Tensor:
+        """Σ g ⊙ x̂ over the dimensions ``summed`` (of g ``[R, m, ...]``), for the examples ``sl`` of call c."""
+        key = "xhat"  # kept across rows only while small (recomputing it is one pass over x)
+        if key in c.cache and c.cache[key][0] == (sl.start, sl.stop):
+            xhat = c.cache[key][1]
+        else:
+            xhat = self.normalised(x)
+            if xhat.numel() * xhat.element_size() <= CHUNK_BYTES:
+                c.cache[key] = ((sl.start, sl.stop), xhat)
+        return _sum(g * xhat, summed)
+
     def per_example(self, calls: list[Call], sl: slice) -> dict[str, Tensor]:
         m = self.module
         w_name, b_name = self.name_of(m, "weight"), self.name_of(m, "bias")
@@ -36,10 +49,7 @@ class NormRule(Rule):
             summed = tuple(d + 1 for d in range(1, x.ndim) if d not in keep)  # +1: the row dimension
             shape = (*g.shape[:2], *(x.shape[d] for d in keep))
             if w_name is not None:
-                key = "xhat"
-                if key not in c.cache or c.cache[key][0] != (sl.start, sl.stop):
-                    c.cache[key] = ((sl.start, sl.stop), self.normalised(x))
-                v = _sum(g * c.cache[key][1], summed).reshape(shape)
+                v = self.weight_grad(c, g, x, sl, summed).reshape(shape)
                 out[w_name] = out[w_name] + v if w_name in out else v
             if b_name is not None:
                 v = _sum(g, summed).reshape(shape)
@@ -51,9 +61,12 @@ def _sum(t: Tensor, dims: tuple[int, ...]) -> Tensor:
     return t.sum(dims) if dims else t  # (an empty dims tuple would sum everything)
 
     def sq_sum(self, calls: list[Call], chunk: int) -> dict[str, Tensor]:
-        """Σ over rows and examples of the squared per-example gradients (x̂ computed once per call)."""
+        """Σ over rows and examples of the squared per-example gradients, in chunks of examples whose inputs stay
+        under ``CHUNK_BYTES`` (x̂ and g ⊙ x̂ are as large as the input)."""
         out: dict[str, Tensor] = {}
         n = calls[0].n
+        x = calls[0].arg(0)
+        chunk = min(chunk, max(1, CHUNK_BYTES // max(1, x[:1].numel() * x.element_size() * calls[0].n_rows)))
         for sl in [slice(i, i + chunk) for i in range(0, n, max(1, chunk))] if chunk < n else [slice(0, n)]:
             for k, v in self.per_example(calls, sl).items():
                 s = v.square().sum((0, 1))
@@ -99,6 +112,18 @@ class BatchNormEvalRule(NormRule):
 
     def param_dims(self, x: Tensor) -> tuple[int, ...]:
         return (1,)
+
+    def weight_grad(self, c: Call, g: Tensor, x: Tensor, sl: slice, summed: tuple[int, ...]) -> Tensor:
+        """Σ g ⊙ x̂ = s ⊙ (Σ g ⊙ x − μ Σ g) per channel, with x̂ = (x − μ) s: dot products over the positions,
+        without x̂ or g ⊙ x̂ in memory."""
+        m: nn.modules.batchnorm._BatchNorm = self.module  # type: ignore[assignment]
+        r, n, ch = g.shape[0], g.shape[1], g.shape[2]
+        g3 = g.reshape(r, n, ch, -1)
+        x3 = x.reshape(n, ch, -1).to(g.dtype)
+        dot = torch.einsum("rncs,ncs->rnc", g3, x3)
+        mean = m.running_mean.to(g.dtype)  # type: ignore[union-attr]
+        scale = (m.running_var.to(g.dtype) + m.eps).rsqrt()  # type: ignore[union-attr]
+        return (dot - mean * g3.sum(-1)) * scale
 
 
 register(nn.LayerNorm, when=lambda m: m.elementwise_affine)(LayerNormRule)

@@ -130,13 +130,13 @@ class RecurrentRule(PartsRule):
                 w_ih, w_hh = getattr(m, "weight_ih" + sfx), getattr(m, "weight_hh" + sfx)
                 b_ih, b_hh = getattr(m, "bias_ih" + sfx, None), getattr(m, "bias_hh" + sfx, None)
                 xs = inp.flip(1) if d else inp
-                gx = F.linear(xs, w_ih, b_ih)  # [n, T, G]
+                gx = engine.tap(self, F.linear(xs, w_ih, b_ih))  # [n, T, G]
                 h = h0[layer * self.dirs + d]
                 c = c0[layer * self.dirs + d] if lstm else None
                 prev, ghs, hs = [], [], []
                 for step in range(t):
                     prev.append(h)
-                    gh = F.linear(h, w_hh, b_hh)
+                    gh = engine.tap(self, F.linear(h, w_hh, b_hh))
                     ghs.append(gh)
                     if lstm:
                         i, f, g, o = (gx[:, step] + gh).chunk(4, -1)
