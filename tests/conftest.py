@@ -3,7 +3,8 @@
 
 ``FISHERKL_TEST_STREAM=1`` runs every test with the network engine's streaming forced on (statistics taken
 inside the backward pass layer by layer, which the engine otherwise does only above
-``fisherkl.nn.engine.STREAM_BYTES``): the same oracles then check that route too."""
+``fisherkl.nn.engine.STREAM_BYTES``; Fisher-vector products split into a tangent pass and a gradient pass):
+the same oracles then check those routes too."""
 
 from __future__ import annotations
 
@@ -23,3 +24,4 @@ def _stream_everything(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(importlib.import_module("fisherkl.nn.engine"), "STREAM_BYTES", -1)
         keep = importlib.import_module("fisherkl.nn.fisher")._KeepOnlyBatch
         monkeypatch.setattr(keep, "KEEP_BYTES", -1)
+        monkeypatch.setattr(importlib.import_module("fisherkl.nn.implicit"), "SPLIT_BYTES", -1)

@@ -142,6 +142,17 @@ class LinearPart:
             w = gt.new_zeros(r, m, self.d_in, self.d_out)
             w.scatter_add_(2, idx[None, :, :, None].expand(r, m, -1, self.d_out), gt.transpose(-1, -2))
             return w.transpose(-1, -2), b
+        pieces = self._pieces(calls, sl)
+        if len(pieces) > 1:  # unfolded inputs in chunks of examples, written into the result
+            r, m = gt.shape[0], gt.shape[1]
+            w = gt.new_empty(r, m, self.d_out, self.d_in)
+            start = pieces[0].start
+            for piece in pieces:
+                at = self.at(calls, piece)
+                local = slice(piece.start - start, piece.stop - start)
+                for k in range(r):
+                    torch.bmm(gt[k, local], at.transpose(1, 2), out=w[k, local])
+            return w, b
         at = self.at(calls, sl)
         if at.shape[-1] == 1:  # outer products, all rows at once
             w = gt * at.transpose(1, 2).unsqueeze(0)
@@ -150,6 +161,20 @@ class LinearPart:
         else:
             w = torch.stack([_weight_pe(gt[r], at) for r in range(gt.shape[0])])
         return w, b
+
+    def _pieces(self, calls: list[Call], sl: slice) -> list[slice]:
+        """The examples ``sl`` in chunks whose inputs aᵀ stay under ``CHUNK_BYTES`` (unfolded convolutions are
+        computed chunk by chunk)."""
+        own = self.mine(calls)
+        if len(own) != 1 or self.index_input:
+            return [sl]
+        n = own[0].n
+        start, stop, _ = sl.indices(n)
+        step = self.chunks(calls)[0]
+        size = n if step == ALL else step.stop - step.start
+        if size >= stop - start:
+            return [slice(start, stop)]
+        return [slice(i, min(stop, i + size)) for i in range(start, stop, size)]
 
     def row_views(self, calls: list[Call]) -> list[Tensor]:
         """gᵀ ``[n, d_out, T]`` for each cotangent row, without stacking the rows (views of the backward's
