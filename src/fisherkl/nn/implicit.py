@@ -67,21 +67,21 @@ def fisher_mm_sums(
 ) -> Callable[[Tensor], tuple[Tensor, int]]:
     """A function V ``[p, k]`` ↦ (Σ over the data of Jᵀ I_head J V, the count it is a sum over)."""
     named = dict(net.named_parameters())
+    measured: list[float] = []  # saved activation bytes per example, measured on the first batch of the first call
 
     def mm(v: Tensor) -> tuple[Tensor, int]:
         leaves = {n: named[n].detach().requires_grad_(True) for n in layout.names}
         net_dtype = next(iter(leaves.values())).dtype
         out = torch.zeros_like(v)
         total = 0
-        per_example: float | None = None
         graph: Tensor | None = None
         with fisher_passes():
             for index, raw in enumerate(iter_raw(data, batch_size)):
                 batch = adapter.batch(raw).to(next(iter(leaves.values())))
-                if per_example is None:
+                if not measured:
                     with preserved_parameters(net):
-                        per_example = saved_bytes_per_example(net, leaves, batch)
-                split = per_example * batch.n > SPLIT_BYTES
+                        measured.append(saved_bytes_per_example(net, leaves, batch))
+                split = measured[0] * batch.n > SPLIT_BYTES
                 e: Tensor | None = None
                 mask: Tensor | None = None
                 f: Tensor | None = None

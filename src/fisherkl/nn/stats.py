@@ -22,7 +22,7 @@ from ..matrix.base import DenseTooLargeError, check_dense_fits, max_dense_bytes
 from ..matrix.kfac import eigh_in
 from ..matrix.layout import ParamLayout
 from .engine import Engine
-from .rules import LinearPart, Rule
+from .rules import LinearPart, PartsRule, Rule
 
 
 def _zeros(engine: Engine, names: list[str]) -> dict[str, Tensor]:
@@ -44,6 +44,7 @@ class DiagStat:
         self.sum = _zeros(engine, self.names)
         self.dtype, self.device = engine.dtype, engine.device
         self.count = 0
+        self.pending: dict[LinearPart, tuple[Rule, Tensor]] = {}  # Σᵣ g² of deferred maps (see _defer)
 
     def setup(self, engine: Engine) -> None:
         want = set(self.names)
@@ -65,6 +66,8 @@ class DiagStat:
             calls = engine.calls.get(r)
             if not calls:
                 continue
+            if self._defer(r, calls):
+                continue
             width = max(engine.layout.sizes[engine.layout.index(k)] for k in r.names) if r.names else 1
             for k, v in r.sq_sum(calls, engine.chunk(calls[0].n_rows, width)).items():
                 if k in want and k in r.names:
@@ -75,6 +78,35 @@ class DiagStat:
                 for k, v in engine.per_example(self.joint, sl).items():
                     if k in want:
                         self.sum[k] += (v * v).sum((0, 1))
+
+    def _defer(self, r: Rule, calls: list[Any]) -> bool:
+        """Linear maps at one position with dense inputs: Σᵣ Σₙ gₙᵣ² âₙ² = Σₙ (Σᵣ gₙᵣ²) âₙ², so only Σᵣ gₙᵣ²
+        ``[n, d_out]`` is kept per row and the product with â² is taken once per batch (in :meth:`add_inputs`),
+        not once per row. Returns whether rule ``r`` was handled so."""
+        if not isinstance(r, PartsRule) or not r.parts:
+            return False
+        for p in r.parts:
+            if p.index_input or len(p.mine(calls)) != 1 or p.at(calls, slice(0, 1)).shape[-1] != 1:
+                return False
+        for p in r.parts:
+            g2 = sum(g[..., 0].square() for g in p.row_views(calls))  # [n, d_out]
+            self.pending[p] = (r, self.pending[p][1] + g2) if p in self.pending else (r, g2)
+        return True
+
+    def add_inputs(self, engine: Engine, rules: list[Rule] | None = None) -> None:
+        """The deferred squared sums (:meth:`_defer`) of the rules' maps, from their recorded inputs."""
+        want = set(self.names)
+        for p, (r, g2) in list(self.pending.items()):
+            if rules is not None and r not in rules:
+                continue
+            calls = engine.calls.get(r) or []
+            at = p.at(calls)[..., 0]
+            out: dict[str, Tensor] = {}
+            p.place(out, g2.T @ at.square(), g2.sum(0) if p.has_bias else None)
+            for k, v in out.items():
+                if k in want and k in r.names:
+                    self.sum[k] += v
+            del self.pending[p]
 
     def end_batch(self, engine: Engine, count: int) -> None:
         self.count += count
@@ -294,6 +326,7 @@ class KFACStat:
 
     def add_inputs(self, engine: Engine, rules: list[Rule] | None = None) -> None:
         """The A factors of the rules' maps (once per batch, from the recorded inputs)."""
+        self.diag.add_inputs(engine, rules)
         for r, p in self.kron:
             if rules is not None and r not in rules:
                 continue

@@ -264,7 +264,8 @@ class LinearPart:
             return out.T
         rows = [g.transpose(-1, -2) @ qg for g in self.row_views(calls)]  # each [n, T, d_out]
         out = torch.zeros(self.d_out, self.width, dtype=rows[0].dtype, device=rows[0].device)
-        for sl in self.chunks(calls, chunk):
+        one = rows[0].shape[1] == 1  # one position: (g²)ᵀ(a²), no per-example [d_out, width] products to bound
+        for sl in self.chunks(calls, None if one else chunk):
             a = self.at(calls, sl).transpose(1, 2)
             if self.has_bias:
                 a = torch.cat([a, a.new_ones((*a.shape[:-1], 1))], -1)
