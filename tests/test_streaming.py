@@ -184,3 +184,18 @@ def test_split_fisher_vector_products_equal_the_fused_ones_and_brute_force(name,
     if kind == "exact":
         ref = reference_fisher(net, outputs_of(x), x[0].shape[0])
         torch.testing.assert_close(got[True], ref @ v, **TOL)
+
+
+@pytest.mark.parametrize("name", ["conv1d", "conv2d", "resnet"])
+@pytest.mark.parametrize("ratio", [0.0, float("inf")], ids=["conv-kernel", "unfolded"])
+def test_per_example_convolution_gradients_both_ways(name, ratio, monkeypatch):
+    """Convolutions' per-example weight gradients come from the layer's own weight-gradient kernel (examples as
+    groups) where outputs have many positions, else from the unfolded input: each way against brute force."""
+    conv = importlib.import_module("fisherkl.nn.rules.conv")
+    monkeypatch.setattr(conv, "DIRECT_RATIO", ratio)
+    monkeypatch.setattr(conv, "DIRECT_MIN_CHANNELS", 1)
+    monkeypatch.setattr(conv, "DIRECT_MIN_TAPS", 1)
+    net, x = make(name), inputs(name, n=6)
+    ref = reference_fisher(net, outputs_of(x), x[0].shape[0])
+    torch.testing.assert_close(fnn.fisher(net, batches(x), representation="diag").diag(), ref.diagonal(), **TOL)
+    torch.testing.assert_close(fnn.fisher(net, batches(x), representation="dense").to_dense(), ref, **TOL)

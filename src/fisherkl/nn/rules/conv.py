@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -18,6 +19,14 @@ from .base import Call, register
 from .linear import LinearPart, PartsRule
 
 KEEP_BYTES = 64 * 1024**2  # a batch's unfolded input kept for the next row chunks up to this size
+# per-example weight gradients by the convolution's own kernel (the examples as groups) for kernels of at least
+# DIRECT_MIN_TAPS taps on at least DIRECT_MIN_CHANNELS input channels per group whose output has at least
+# DIRECT_RATIO · c_in/G · Πk positions; else by unfolding. Measured per layer of a ResNet-18 (2 threads, mkldnn):
+# the kernel is 1.5–2× faster for 3×3 convolutions on 16–32 channels at 32×32–16×16, equal at 32 channels on 8×8,
+# 2–3× slower at 64–128 channels on 8×8–4×4, on 3 input channels and for 1×1 convolutions
+DIRECT_RATIO = 0.5
+DIRECT_MIN_CHANNELS = 8
+DIRECT_MIN_TAPS = 2
 
 
 def unfold(x: Tensor, kernel: tuple[int, ...], stride: tuple[int, ...], dilation: tuple[int, ...]) -> Tensor:
@@ -54,6 +63,7 @@ class ConvRule(PartsRule):
                 self._a_of(j, cg_in),
                 self._g_of(j * per, (j + 1) * per),
                 rows=None if groups == 1 else (j * per, (j + 1) * per),
+                weight_pe=self._weight_pe(j, cg_in, per),
             )
             for j in range(groups)
         ]
@@ -84,6 +94,32 @@ class ConvRule(PartsRule):
             return cols
 
         return a_of
+
+    def _weight_pe(self, j: int, cg: int, per: int) -> object:
+        def weight_pe(call: Call, gt: Tensor, sl: slice) -> Tensor | None:
+            """Per-example weight gradients of group j ``[m, per, cg·Πk]`` from gᵀ ``[m, per, T]``: the
+            convolution's own weight-gradient kernel with the m examples as m groups (no unfolded copy), where
+            that is faster (see ``DIRECT_RATIO``); elsewhere None (unfold)."""
+            m_: nn.modules.conv._ConvNd = self.module  # type: ignore[assignment]
+            k = tuple(m_.kernel_size)
+            taps = math.prod(k)
+            small = taps < DIRECT_MIN_TAPS or cg < DIRECT_MIN_CHANNELS
+            if len(k) > 2 or small or gt.shape[-1] < DIRECT_RATIO * cg * taps:
+                return None
+            x = self.padded(call, sl)
+            if m_.groups > 1:
+                x = x[:, j * cg : (j + 1) * cg]
+            m, sp_out = x.shape[0], tuple(call.outs[0].shape[-len(k) :])
+            go = gt.reshape(1, m * per, *sp_out)
+            xs = x.reshape(1, m * cg, *x.shape[2:])
+            w = xs.new_zeros(()).expand(m * per, cg, *k)
+            zeros = [0] * len(k)
+            gw = torch.ops.aten.convolution_backward(
+                go, xs, w, None, list(m_.stride), zeros, list(m_.dilation), False, zeros, m, [False, True, False]
+            )[1]
+            return gw.reshape(m, per, cg * math.prod(k))
+
+        return weight_pe
 
     @staticmethod
     def _g_of(start: int, stop: int) -> object:

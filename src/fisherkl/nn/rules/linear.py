@@ -33,7 +33,8 @@ class LinearPart:
     when ``index_input``; convolutions unfold only those examples, so memory stays bounded);
     ``g_of(call, grad)`` maps gradients of the call's output ``out`` (``[R, n, *]``, batch first) to gᵀ
     ``[R, n, d_out, T]``. The bias uses entries ``bias_rows`` of a bias of length ``bias_len`` (default: the
-    weight's rows).
+    weight's rows). ``weight_pe(call, gᵀ, sl)``, when given, computes per-example weight gradients directly
+    (or returns None where unfolding is faster).
     """
 
     def __init__(
@@ -52,6 +53,7 @@ class LinearPart:
         bias_rows: tuple[int, int] | None = None,
         bias_len: int | None = None,
         role: Any = None,
+        weight_pe: Callable[[Call, Tensor, slice], Tensor | None] | None = None,
     ) -> None:
         self.weight, self.bias, self.shape = weight, bias, tuple(shape)
         self.d_out, self.d_in = d_out, d_in
@@ -61,6 +63,9 @@ class LinearPart:
         self.bias_rows = rows if bias_rows is None else bias_rows
         self.bias_len = total if bias_len is None else bias_len
         self.role = role  # calls with cache["role"] == role are this map's (None: every call of the rule)
+        # per-example weight gradients [m, d_out, d_in] of examples sl from gᵀ [m, d_out, T] without aᵀ (a
+        # convolution's own backward kernel); None from it means: unfold instead
+        self.weight_pe = weight_pe
 
     @property
     def has_bias(self) -> bool:
@@ -147,9 +152,15 @@ class LinearPart:
             r, m = gt.shape[0], gt.shape[1]
             w = gt.new_empty(r, m, self.d_out, self.d_in)
             start = pieces[0].start
+            call = self.mine(calls)[0]
             for piece in pieces:
-                at = self.at(calls, piece)
                 local = slice(piece.start - start, piece.stop - start)
+                direct = [self._direct(call, gt[k, local], piece) for k in range(r)]
+                if all(d is not None for d in direct):
+                    for k, d in enumerate(direct):
+                        w[k, local] = d
+                    continue
+                at = self.at(calls, piece)
                 for k in range(r):
                     torch.bmm(gt[k, local], at.transpose(1, 2), out=w[k, local])
             return w, b
@@ -200,11 +211,21 @@ class LinearPart:
             g2 = sum(g[..., 0].square() for g in rows)  # [n, d_out]
             return g2.T @ at[..., 0].square(), sb  # type: ignore[union-attr]
         sw = torch.zeros(self.d_out, self.d_in, dtype=rows[0].dtype, device=rows[0].device)
+        own = self.mine(calls)
         for sl in self.chunks(calls, max(1, chunk * len(rows))):  # the caller's chunk counts R rows per example
+            direct = [self._direct(own[0], g[sl], sl) for g in rows] if len(own) == 1 else [None]
+            if all(d is not None for d in direct):
+                for d in direct:
+                    sw += d.square_().sum(0)  # type: ignore[union-attr]
+                continue
             at = self.at(calls, sl)
             for g in rows:
                 sw += _weight_pe(g[sl], at).square_().sum(0)
         return sw, sb
+
+    def _direct(self, call: Call, gt: Tensor, sl: slice) -> Tensor | None:
+        """Per-example weight gradients by ``weight_pe`` (None: not available here, unfold)."""
+        return None if self.weight_pe is None else self.weight_pe(call, gt, sl)
 
     def _sq_sum_index(self, idx: Tensor, gt: Tensor) -> Tensor:
         """Σ_{r,n} (Σₜ gₙₜ e_{idx_nt}ᵀ)² without dense per-example gradients: g summed over the positions
