@@ -106,16 +106,19 @@ class ConvRule(PartsRule):
             small = taps < DIRECT_MIN_TAPS or cg < DIRECT_MIN_CHANNELS
             if len(k) > 2 or small or gt.shape[-1] < DIRECT_RATIO * cg * taps:
                 return None
-            x = self.padded(call, sl)
+            zeros = [0] * len(k)
+            if m_.padding_mode == "zeros" and not isinstance(m_.padding, str):  # the kernel pads, no padded copy
+                x, pad = call.arg(0)[sl], list(m_.padding)
+            else:
+                x, pad = self.padded(call, sl), zeros
             if m_.groups > 1:
                 x = x[:, j * cg : (j + 1) * cg]
             m, sp_out = x.shape[0], tuple(call.outs[0].shape[-len(k) :])
             go = gt.reshape(1, m * per, *sp_out)
             xs = x.reshape(1, m * cg, *x.shape[2:])
             w = xs.new_zeros(()).expand(m * per, cg, *k)
-            zeros = [0] * len(k)
             gw = torch.ops.aten.convolution_backward(
-                go, xs, w, None, list(m_.stride), zeros, list(m_.dilation), False, zeros, m, [False, True, False]
+                go, xs, w, None, list(m_.stride), pad, list(m_.dilation), False, zeros, m, [False, True, False]
             )[1]
             return gw.reshape(m, per, cg * math.prod(k))
 

@@ -120,7 +120,7 @@ class BatchNormEvalRule(NormRule):
         r, n, ch = g.shape[0], g.shape[1], g.shape[2]
         g3 = g.reshape(r, n, ch, -1)
         x3 = x.reshape(n, ch, -1).to(g.dtype)
-        dot = torch.einsum("rncs,ncs->rnc", g3, x3)
+        dot = torch.linalg.vecdot(g3, x3)  # [R, n, C] (faster than einsum here, which makes n·C tiny matmuls)
         mean = m.running_mean.to(g.dtype)  # type: ignore[union-attr]
         scale = (m.running_var.to(g.dtype) + m.eps).rsqrt()  # type: ignore[union-attr]
         return (dot - mean * g3.sum(-1)) * scale
