@@ -72,11 +72,13 @@ def test_streamed_diagonal_equals_brute_force(name, monkeypatch):
 def test_streamed_kfac_and_ekfac_equal_the_batched_route(name, kind, monkeypatch):
     net, x = make(name), inputs(name, n=6)
     got = {}
+    seen = count_streamed(monkeypatch)
     for on in (False, True):
         streamed(monkeypatch, on)
         for rep in ("kfac", "ekfac"):
             f = fnn.fisher(net, batches(x), kind=kind, representation=rep, seed=4)
             got[on, rep] = f.to_dense()
+        assert (seen[0] > 0) == on  # the streamed route ran only when forced on
     for rep in ("kfac", "ekfac"):
         torch.testing.assert_close(got[True, rep], got[False, rep], **TOL)
 

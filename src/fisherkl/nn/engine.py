@@ -309,10 +309,6 @@ class Engine:
             self._copies.append((rule, y, y._version))
         return y
 
-    def recorded_output(self, rule: Rule, call: Call, value: Tensor) -> Tensor:
-        """What a rule's own forward returns for a recorded output (tapped already by :meth:`tap`)."""
-        return value
-
     def _classify(self, rule: Rule, call: Call, out: Any) -> Any:
         """Set the call's batch dimensions (probe / template), broadcast batch-independent outputs, record it."""
         calls = self.calls.setdefault(rule, [])
@@ -407,12 +403,16 @@ class Engine:
                 self._copies, self.calls = [], {}
                 del out  # its graph goes before the next forward
                 continue
-            changed = {r for r, cs in self.calls.items() for c in cs if [o._version for o in c.outs] != c.versions}
+            changed = self._edited()
             self._copies = []
             if not changed:
                 return out
             self._clone |= changed  # an in-place op modified a recorded output itself: copy it
         raise FisherKLError(f"layer outputs were modified in place and could not be protected: {changed}")
+
+    def _edited(self) -> set[Rule]:
+        """Rules with a recorded output that was modified in place since it was recorded."""
+        return {r for r, cs in self.calls.items() for c in cs if [o._version for o in c.outs] != c.versions}
 
     def probe(self, batch: Batch) -> Tensor:
         """Forward on 2–3 examples of ``batch`` recording only shapes (see the module doc); returns their
@@ -426,7 +426,7 @@ class Engine:
             with torch.enable_grad(), self._uses():
                 out = self.adapter.outputs(self.call(sub))
             # outputs the network edits in place are tapped by copy (found here, without taps, not by a failure)
-            self._clone |= {r for r, cs in self.calls.items() for c in cs if [o._version for o in c.outs] != c.versions}
+            self._clone |= self._edited()
         finally:
             self.recording, self._mode, self.calls = False, "main", {}
         self._templates = {}

@@ -97,11 +97,9 @@ def fisher_mm_sums(
                             u = torch.zeros_like(f) if u is None else u.detach()
                             del ret, duals
                         if split:
-                            if j == 0:  # one graph for every column
-                                f = adapter.outputs(functional_call(net, leaves, batch.args, batch.kwargs))
-                                graph = f
+                            if graph is None:  # one graph for every column
+                                graph = adapter.outputs(functional_call(net, leaves, batch.args, batch.kwargs))
                             f = graph
-                        assert f is not None
                         u = u.to(v.dtype)  # the head's statistics in the matrix's dtype (float32 for bf16 nets)
                         # backward after the dual level is closed: inside it, every backward op would also
                         # push tangents forward through the saved (dual) tensors, about doubling its cost

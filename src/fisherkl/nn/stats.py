@@ -80,16 +80,13 @@ class DiagStat:
                         self.sum[k] += (v * v).sum((0, 1))
 
     def _defer(self, r: Rule, calls: list[Any]) -> bool:
-        """Linear maps at one position with dense inputs: Σᵣ Σₙ gₙᵣ² âₙ² = Σₙ (Σᵣ gₙᵣ²) âₙ², so only Σᵣ gₙᵣ²
-        ``[n, d_out]`` is kept per row and the product with â² is taken once per batch (in :meth:`add_inputs`),
-        not once per row. Returns whether rule ``r`` was handled so."""
-        if not isinstance(r, PartsRule) or not r.parts:
+        """Linear maps at one position (:meth:`LinearPart.one_position`): only Σᵣ gₙᵣ² ``[n, d_out]`` is kept per
+        row and the product with â² is taken once per batch (in :meth:`add_inputs`), not once per row. Returns
+        whether rule ``r`` was handled so."""
+        if not isinstance(r, PartsRule) or not r.parts or not all(p.one_position(calls) for p in r.parts):
             return False
         for p in r.parts:
-            if p.index_input or len(p.mine(calls)) != 1 or p.at(calls, slice(0, 1)).shape[-1] != 1:
-                return False
-        for p in r.parts:
-            g2 = sum(g[..., 0].square() for g in p.row_views(calls))  # [n, d_out]
+            g2 = p.g_sq(calls)
             self.pending[p] = (r, self.pending[p][1] + g2) if p in self.pending else (r, g2)
         return True
 
@@ -99,10 +96,8 @@ class DiagStat:
         for p, (r, g2) in list(self.pending.items()):
             if rules is not None and r not in rules:
                 continue
-            calls = engine.calls.get(r) or []
-            at = p.at(calls)[..., 0]
             out: dict[str, Tensor] = {}
-            p.place(out, g2.T @ at.square(), g2.sum(0) if p.has_bias else None)
+            p.place(out, *p.sq_sum_of(engine.calls.get(r) or [], g2))
             for k, v in out.items():
                 if k in want and k in r.names:
                     self.sum[k] += v

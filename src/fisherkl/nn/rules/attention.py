@@ -213,7 +213,6 @@ class MultiheadAttentionRule(PartsRule):
         call = Call(tuple(x.detach() for x in (*inputs, ctx)), {}, [*projs, y], n=n)
         call.cache["mha"] = True
         engine.record(self, call)
-        y = engine.recorded_output(self, call, y)
         if weights is not None and average_attn_weights:
             weights = weights.mean(1)
         return tr(y), weights

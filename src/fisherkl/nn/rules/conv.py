@@ -120,7 +120,7 @@ class ConvRule(PartsRule):
             gw = torch.ops.aten.convolution_backward(
                 go, xs, w, None, list(m_.stride), pad, list(m_.dilation), False, zeros, m, [False, True, False]
             )[1]
-            return gw.reshape(m, per, cg * math.prod(k))
+            return gw.reshape(m, per, cg * taps)
 
         return weight_pe
 

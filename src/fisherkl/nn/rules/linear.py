@@ -202,14 +202,12 @@ class LinearPart:
             gt = self.gt(calls)
             sb = gt.sum(-1).square_().sum((0, 1)) if self.has_bias else None
             return self._sq_sum_index(self.at(calls), gt), sb
+        if self.one_position(calls):  # no weight sharing: Σ g² a² without per-example gradients
+            return self.sq_sum_of(calls, self.g_sq(calls))
         rows = self.row_views(calls)
         sb = None
         if self.has_bias:
             sb = sum(g.sum(-1).square().sum(0) for g in rows)  # type: ignore[assignment]
-        if rows[0].shape[-1] == 1:  # no weight sharing: Σ g² a² without per-example gradients
-            at = self.at(calls)
-            g2 = sum(g[..., 0].square() for g in rows)  # [n, d_out]
-            return g2.T @ at[..., 0].square(), sb  # type: ignore[union-attr]
         sw = torch.zeros(self.d_out, self.d_in, dtype=rows[0].dtype, device=rows[0].device)
         own = self.mine(calls)
         for sl in self.chunks(calls, max(1, chunk * len(rows))):  # the caller's chunk counts R rows per example
@@ -222,6 +220,19 @@ class LinearPart:
             for g in rows:
                 sw += _weight_pe(g[sl], at).square_().sum(0)
         return sw, sb
+
+    def one_position(self, calls: list[Call]) -> bool:
+        """Whether the map is applied once, at one position, to dense inputs: then its squared per-example gradients
+        factor as Σᵣ Σₙ gₙᵣ² âₙ² = Σₙ (Σᵣ gₙᵣ²) âₙ² (:meth:`g_sq`, :meth:`sq_sum_of`)."""
+        return not self.index_input and len(self.mine(calls)) == 1 and self.at(calls, slice(0, 1)).shape[-1] == 1
+
+    def g_sq(self, calls: list[Call]) -> Tensor:
+        """Σᵣ gₙᵣ² ``[n, d_out]`` over the calls' cotangent rows (a map at one position)."""
+        return sum(g[..., 0].square() for g in self.row_views(calls))  # type: ignore[return-value]
+
+    def sq_sum_of(self, calls: list[Call], g2: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Squared sums (``[d_out, d_in]``, ``[d_out]``) of a map at one position from Σᵣ gₙᵣ² and its inputs."""
+        return g2.T @ self.at(calls)[..., 0].square(), g2.sum(0) if self.has_bias else None
 
     def _direct(self, call: Call, gt: Tensor, sl: slice) -> Tensor | None:
         """Per-example weight gradients by ``weight_pe`` (None: not available here, unfold)."""

@@ -56,22 +56,16 @@ class NormRule(Rule):
                 out[b_name] = out[b_name] + v if b_name in out else v
         return out
 
+    def sq_sum(self, calls: list[Call], chunk: int) -> dict[str, Tensor]:
+        """As :meth:`Rule.sq_sum`, in chunks of examples whose inputs stay under ``CHUNK_BYTES`` (x̂ and g ⊙ x̂ are as
+        large as the input)."""
+        x = calls[0].arg(0)
+        per = max(1, x[:1].numel() * x.element_size() * max(1, calls[0].n_rows))
+        return super().sq_sum(calls, max(1, min(chunk, CHUNK_BYTES // per)))
+
 
 def _sum(t: Tensor, dims: tuple[int, ...]) -> Tensor:
     return t.sum(dims) if dims else t  # (an empty dims tuple would sum everything)
-
-    def sq_sum(self, calls: list[Call], chunk: int) -> dict[str, Tensor]:
-        """Σ over rows and examples of the squared per-example gradients, in chunks of examples whose inputs stay
-        under ``CHUNK_BYTES`` (x̂ and g ⊙ x̂ are as large as the input)."""
-        out: dict[str, Tensor] = {}
-        n = calls[0].n
-        x = calls[0].arg(0)
-        chunk = min(chunk, max(1, CHUNK_BYTES // max(1, x[:1].numel() * x.element_size() * calls[0].n_rows)))
-        for sl in [slice(i, i + chunk) for i in range(0, n, max(1, chunk))] if chunk < n else [slice(0, n)]:
-            for k, v in self.per_example(calls, sl).items():
-                s = v.square().sum((0, 1))
-                out[k] = out[k] + s if k in out else s
-        return out
 
 
 class LayerNormRule(NormRule):
