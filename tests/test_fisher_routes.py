@@ -1345,3 +1345,81 @@ def test_kl_hessian_float32_gamma():
     jeff = fisherkl.fisher(fam, torch.tensor([2.5, 1.7], dtype=torch.float32), "jeffreys_hessian")
     assert jeff.dtype == torch.float32
     assert rel_err(jeff.double(), reference) <= 1e-5
+
+
+# --------------------------------------------------------------------------------------------------
+# 10. expectation routes near an integrable singularity at an end of the support, in float32
+# --------------------------------------------------------------------------------------------------
+# A chi², Gamma or Beta shape α < 1 puts mass x^α close to x = 0 — 1e-5 of it below float32's smallest
+# positive number at α = 0.12 — where the score (∝ log x) is largest. The quadrature used to integrate on
+# float32 nodes, lose that mass and state an error ten times too small: chi² at θ = 0.2387 (float32)
+# gave 17.8627 ± 0.0041 against ¼ψ′(θ/2) = 17.9055 (a hypothesis example of test_contract.py).
+def _chi2_fisher(theta: float) -> float:
+    return 0.25 * float(special.polygamma(1, theta / 2))
+
+
+def _check_singular_end(est, truth: np.ndarray, dtype: torch.dtype) -> None:
+    assert est.value.dtype == dtype and est.error.dtype == dtype
+    value, error = est.value.detach().double().numpy(), est.error.detach().double().numpy()
+    scale = float(np.max(np.abs(truth)))
+    gap = np.abs(value - truth)
+    # the stated error covers the actual one (up to a few ulp of the largest entry)
+    slack = (8 * torch.finfo(dtype).eps if dtype == torch.float32 else 1e-13) * scale
+    assert np.all(gap <= np.maximum(error, slack)), (value, error, truth)
+    # the value is accurate, in float32 too, and its error is small enough to be of use
+    assert gap.max() <= 1e-4 * scale, (value, truth)
+    assert error.max() <= (2e-4 if dtype == torch.float32 else 1e-2) * scale, (error, scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["float32", "float64"])
+@pytest.mark.parametrize("route", ["score", "neg_hessian"])
+@pytest.mark.parametrize("theta", [0.05, 0.1, 0.23866461939090006, 0.24, 0.5])
+def test_chi2_small_degrees_of_freedom_against_trigamma(theta, route, dtype):
+    t = torch.tensor([theta], dtype=dtype)
+    est = fisherkl.fisher(fisherkl.family("chi2"), t, route, return_error=True)
+    assert est.method == f"{route}/quadrature"
+    _check_singular_end(est, np.array([[_chi2_fisher(float(t[0]))]]), dtype)  # θ as the dtype holds it
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["float32", "float64"])
+@pytest.mark.parametrize("route", ["score", "neg_hessian"])
+@pytest.mark.parametrize(
+    ("name", "theta"),
+    [
+        ("gamma", (0.05, 1.0)),
+        ("gamma", (0.12, 1.0)),
+        ("gamma", (0.2, 0.5)),
+        ("beta", (0.05, 0.5)),
+        ("beta", (0.12, 2.0)),
+        ("beta", (0.5, 0.5)),
+    ],
+)
+def test_gamma_and_beta_shapes_below_one_against_trigamma(name, theta, route, dtype):
+    t = torch.tensor(theta, dtype=dtype)
+    est = fisherkl.fisher(fisherkl.family(name), t, route, return_error=True)
+    _check_singular_end(est, oracle_fisher(name, [float(x) for x in t]), dtype)
+
+
+def test_float32_fisher_by_quadrature_keeps_its_gradient():
+    # the float32 density is integrated on float64 nodes and the result cast back: the cast keeps θ's graph
+    t = torch.tensor([0.24], dtype=torch.float32, requires_grad=True)
+    info = fisherkl.fisher(fisherkl.family("chi2"), t, "score")
+    (grad,) = torch.autograd.grad(info.sum(), t)
+    assert grad.dtype == torch.float32
+    assert abs(float(grad[0]) - float(special.polygamma(2, float(t.detach()[0]) / 2)) / 8) <= 1e-5 * abs(float(grad[0]))
+
+
+def test_float32_model_that_will_not_take_float64_points_is_integrated_in_float32():
+    from torch.distributions import Gamma
+
+    class Float32Gamma(Gamma):
+        def log_prob(self, value):
+            return super().log_prob(value.to(self.concentration.dtype))
+
+    model = fisherkl.Model(lambda t: Float32Gamma(t[..., 0], t[..., 1]), 2, name="float32-gamma")
+    t = torch.tensor([2.5, 1.7], dtype=torch.float32)
+    est = fisherkl.fisher(model, t, "score", return_error=True)
+    truth = oracle_fisher("gamma", [float(x) for x in t])
+    assert est.value.dtype == torch.float32
+    assert rel_err(est.value.double(), truth) <= 1e-5
+    assert np.all(np.abs(est.value.double().numpy() - truth) <= est.error.double().numpy() + 1e-6 * np.abs(truth).max())

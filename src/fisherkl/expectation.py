@@ -7,7 +7,9 @@ Exact schemes, chosen from the distribution's support:
   r = p_K/p_{K−1} < 1, is below ``tail_tol`` (valid for log-concave pmfs: Poisson, Geometric, …).
 * ``quadrature``: double-exponential (tanh-sinh / exp-sinh) quadrature for one-dimensional
   continuous supports, split at the distribution's centre so a kink there (Laplace) costs
-  nothing, refined level by level until successive levels agree to ``rtol``.
+  nothing, refined level by level until successive levels agree to ``rtol``. A float32
+  distribution is integrated on float64 nodes (which reach 1e-308 toward an end, not 1e-45), and
+  the part beyond the outermost node toward each end is bounded from a power law fitted there.
 
 An integrand is a callable ``x ↦ (log p(x), f(x))`` with ``x`` of shape ``[n, *batch, *event]``,
 ``log p`` of shape ``[n, *batch]`` and ``f`` of shape ``[n, *batch, *out]``; computing log p
@@ -27,7 +29,7 @@ from torch.distributions import Distribution, VonMises
 from torch.distributions import constraints as tc
 
 from . import arguments
-from .errors import ConvergenceError, NumericalError
+from .errors import ConvergenceError, FisherKLError, NumericalError
 
 Integrand = Callable[[Tensor], tuple[Tensor, "Tensor | LogScaled"]]
 # the last exp-sinh node toward an infinite end: x = s·e^{π/2·sinh 6.5} ≈ s·e^522, so that heavy tails
@@ -126,16 +128,20 @@ def _weighted_sum(logw: Tensor, logp: Tensor, f: Tensor | LogScaled, drop_tiny: 
 _ROUNDING_ULPS = 4.0
 
 
-def _rounding(logw: Tensor, logp: Tensor, f: Tensor | LogScaled, drop_tiny: bool = True) -> Tensor:
+def _rounding(
+    logw: Tensor, logp: Tensor, f: Tensor | LogScaled, drop_tiny: bool = True, dtype: torch.dtype | None = None
+) -> Tensor:
     """4·eps·Σₙ|w·f|: the rounding of a weighted sum and of the last bits of its terms, a floor under the
     stated error of a series or quadrature (levels or tail bounds that agree to the last bit still carry
-    it). Finite sums state the defect of their probabilities instead (:func:`_finite`)."""
+    it). Finite sums state the defect of their probabilities instead (:func:`_finite`). ``dtype``: the
+    precision the terms were computed in, where that is below the sum's own (float32 densities
+    integrated on float64 nodes)."""
     if isinstance(f, LogScaled):
         g: Tensor | LogScaled = LogScaled(f.value.detach().abs(), f.log_scale.detach(), f.absolute)
     else:
         g = f.detach().abs()
     total, _ = _weighted_sum(logw.detach(), logp.detach(), g, drop_tiny)
-    return _ROUNDING_ULPS * torch.finfo(total.dtype).eps * total
+    return _ROUNDING_ULPS * torch.finfo(dtype or total.dtype).eps * total
 
 
 def _require_mass(mass: Tensor, scheme: str, dist: Distribution, tol: float = 1e-3) -> Tensor:
@@ -485,6 +491,10 @@ def _tail_reach(dist: Distribution, lo: Tensor, hi: Tensor, c: Tensor, s: Tensor
     return torch.where(heavy, torch.full_like(s, _EXP_SINH_T), torch.full_like(s, 4.5))
 
 
+class _NotPromotable(Exception):
+    """The integrand does not compute in float64 when handed float64 nodes."""
+
+
 def _quadrature(
     dist: Distribution,
     integrand: Integrand,
@@ -494,11 +504,64 @@ def _quadrature(
     min_level: int = 4,
     noise_column: bool = False,
 ) -> tuple[Tensor, Tensor]:
+    """∫ p·f by :func:`_quadrature_in`; for a distribution in a precision below float64 (float32), on
+    float64 nodes, its value and error then cast back to the distribution's dtype.
+
+    The nodes' dtype bounds what they reach: float32 nodes stop at 1.4e-45 (and 3.4e38), beyond which a
+    density with an integrable singularity at a finite end (a chi², Gamma or Beta shape < 1: p ∝ x^(α−1))
+    still holds real mass — x^α = 1e-5 of it at α = 0.12 — carrying the largest values of a score
+    (log x). float64 nodes reach 1e-308, where that mass is 1e-37. The density and integrand keep their
+    own precision (torch promotes the terms in x to float64; those in θ stay float32) and the rounding
+    floor of the error is the distribution's. Not done where the integrand estimates its own rounding
+    from its dtype (``noise_column``), on devices without float64 (MPS), or where the integrand does not
+    compute in float64 given float64 nodes (it fails, or returns log p in its own dtype): those integrate
+    on nodes of the distribution's own dtype.
+    """
+    ref = _reference(dist)
+    own, device = (ref.dtype, ref.device) if ref is not None else (torch.get_default_dtype(), torch.device("cpu"))
+    if torch.finfo(own).bits < 64 and device.type != "mps" and not noise_column:
+        try:
+            args = (rtol, max_level, others, min_level, False, torch.float64, own, device)
+            value, err = _quadrature_in(dist, integrand, *args)
+        except _NotPromotable:
+            pass  # integrate in the distribution's own dtype
+        else:
+            return value.to(own), err.to(own)
+    return _quadrature_in(dist, integrand, rtol, max_level, others, min_level, noise_column, own, own, device)
+
+
+def _quadrature_in(
+    dist: Distribution,
+    integrand: Integrand,
+    rtol: float,
+    max_level: int,
+    others: tuple[Distribution, ...],
+    min_level: int,
+    noise_column: bool,
+    work: torch.dtype,
+    own: torch.dtype,
+    device: torch.device,
+) -> tuple[Tensor, Tensor]:
+    """:func:`_quadrature` on nodes of dtype ``work`` for a distribution computing in ``own``; raises
+    _NotPromotable where the integrand does not take nodes of a dtype above its own."""
+
+    def evaluate(x: Tensor) -> tuple[Tensor, Tensor | LogScaled]:
+        if work == own:
+            return integrand(x)
+        try:
+            logp, f = integrand(x)
+        except FisherKLError:
+            raise
+        except (RuntimeError, TypeError, ValueError) as e:  # e.g. a matmul of float64 nodes with float32 weights
+            raise _NotPromotable from e
+        if logp.dtype != work:  # the density cast the nodes to its own dtype
+            raise _NotPromotable
+        return logp, f
+
     bounds = _dist_bounds(dist)
     assert bounds is not None
     batch = dist.batch_shape
-    ref = _reference(dist)
-    dtype, device = (ref.dtype, ref.device) if ref is not None else (torch.get_default_dtype(), torch.device("cpu"))
+    dtype = work
     lo = torch.as_tensor(bounds[0], dtype=dtype, device=device).expand(batch)
     hi = torch.as_tensor(bounds[1], dtype=dtype, device=device).expand(batch)
     c, s = _center_scale(dist, lo, hi)
@@ -510,7 +573,7 @@ def _quadrature(
     diff = torch.full((), math.inf)
     for level in range(2, max_level + 1):
         x, lw = _quadrature_nodes(lo, hi, points, s, 2.0**-level, t_cap)
-        logp, f = integrand(x)
+        logp, f = evaluate(x)
         value, mass = _weighted_sum(lw, logp, f)
         if value.requires_grad:
             # nodes whose log-density or integrand came out non-finite would still send 0·NaN
@@ -530,7 +593,7 @@ def _quadrature(
                 kept = torch.where(under, torch.exp(lw + logp.detach()), 0.0).sum(0)
                 x = torch.where(bad, c.expand_as(x), x)
                 lw = torch.where(bad, torch.full_like(lw, -math.inf), lw)
-                logp, f = integrand(x)
+                logp, f = evaluate(x)
                 value, mass = _weighted_sum(lw, logp, f)
                 mass = mass + kept
         if previous is not None:
@@ -565,9 +628,15 @@ def _quadrature(
                 defect = (1 - mass.detach()).abs()
                 factor = _expand_out(defect, value.ndim) * scale
                 # lost (unreachable) mass is the same at every level; a defect that still moves
-                # between levels is discretisation, already covered by defect·scale
+                # between levels is discretisation, already covered by defect·scale. (Where the density is
+                # float64 this also covers, by a wide margin, a log-density whose huge terms cancel —
+                # log Γ(α) at α = 1e8 — and round differently at each node, which defect·scale alone
+                # does not bound.) A float32 density on float64 nodes has a defect of its own rounding
+                # (its normalisation, ~1e-7), not lost mass: its lightest nodes (x = 1e-300, or 1e30 in a
+                # tail, where a score is huge) would inflate the bound ten-thousandfold, so its ends are
+                # bounded by _end_tails alone (its terms in x are float64: they round alike at every node).
                 lost_mass = (defect > 1e-13) & ((mass.detach() - previous_mass).abs() < 0.5 * defect)
-                if bool(lost_mass.any()):
+                if work == own and bool(lost_mass.any()):
                     w = torch.exp(lw + logp.detach())
                     light = (w > 0) & (w < 1e-6 * w.amax(0, keepdim=True))
                     dense = (f.dense(logp) if isinstance(f, LogScaled) else f).detach().abs()
@@ -579,7 +648,15 @@ def _quadrature(
                     # heavy tail); the bound stays conservative
                     lost = 4 * _expand_out(torch.where(lost_mass, defect, 0.0), value.ndim) * edge
                     factor = torch.maximum(factor, lost)
-                err = diff + factor + _rounding(lw, logp, f)
+                # the part of the integral beyond the outermost node toward each end of the support, where
+                # the lightest nodes are not light (an integrable singularity at a finite end)
+                ends = _expand_out(_end_tails(x, lw, logp, f, lo, hi, points, defect), value.ndim)
+                rounding = _rounding(lw, logp, f, dtype=own)
+                if torch.finfo(own).bits < 64 and rounding.ndim > len(batch):
+                    # in float32 every entry carries the rounding of the largest: entries are computed from
+                    # the same float32 terms (a Hessian's ψ′(b) − ψ′(a+b) from ψ′ ≈ 0.2 each)
+                    rounding = _expand_out(rounding.flatten(len(batch)).amax(-1), rounding.ndim).expand_as(rounding)
+                err = diff + factor + ends + rounding
                 return value, err
         previous, previous_mass = value, mass.detach()
     raise ConvergenceError(
@@ -587,6 +664,61 @@ def _quadrature(
         f"{float(diff.max()):.3g}); the integral may diverge, or the density may be too narrow "
         "or too heavy-tailed"
     )
+
+
+_END_RATIO = 64.0  # the fit at an end takes a second node at least this many times farther from it
+
+
+def _end_tails(
+    x: Tensor, lw: Tensor, logp: Tensor, f: Tensor | LogScaled, lo: Tensor, hi: Tensor, points: Tensor, defect: Tensor
+) -> Tensor:
+    """A bound ``[*batch]`` on ∫ p·|f| beyond the outermost node toward each end of the support.
+
+    The nodes stop where they round onto a finite end (the smallest positive float, one ulp below 1) or
+    where an infinite one's exp-sinh nodes end. Near a finite end a density with an integrable
+    singularity (p ∝ r^(β−1), r the distance to the end, β < 1: a Gamma or Beta shape below 1) still
+    holds mass ~ r₁^β beyond the nearest node r₁ — 2e-8 at β = 0.025 and r₁ = 1e-308, 1.5e-5 at β = 0.3
+    and r₁ = 1e-16 — where a score (∝ log r) is largest; a heavy tail (p ∝ r^(−γ−1)) holds ~ r₁^(−γ)
+    beyond the last node. With g = p·|f| (f's largest entry) fitted by a power of r through the outermost
+    node and one at least 64× nearer the centre or the end, the part beyond is g(r₁)·r₁/β (g(r₁)·r₁/γ):
+    exact for a power law, within the factor 4 taken here where f grows like a power of log r (the mass
+    check bounds the tail, so its mean log r is not far beyond log r₁), and vanishing for regular ends
+    and light tails. A fit that does not describe an integrable end (β or γ ≤ 0) falls back to the
+    whole defect of the mass times the integrand at the outermost node.
+    """
+    weight = (f.log_weight(logp) if isinstance(f, LogScaled) else logp).detach()
+    size = (f.value if isinstance(f, LogScaled) else f).detach().abs()
+    if size.ndim > weight.ndim:
+        size = size.flatten(weight.ndim).amax(-1)
+    log_g = weight + torch.log(size.clamp(min=torch.finfo(size.dtype).tiny))
+    total = torch.zeros_like(weight[0])
+    usable = torch.isfinite(lw) & torch.isfinite(log_g)
+    for end, anchor, sign in ((lo, points[0], -1.0), (hi, points[-1], 1.0)):
+        finite = torch.isfinite(end)
+        # r: distance to a finite end (falls toward it), or beyond the outermost break point (grows toward it)
+        r = torch.where(finite, sign * (torch.where(finite, end, 0.0) - x), sign * (x - anchor))
+        ok = usable & (r > 0)
+        toward = torch.where(finite, -1.0, 1.0)  # the end is where toward·log r grows
+        key = torch.where(ok, toward * torch.log(r), -math.inf)
+        k1, i1 = key.max(0)
+        nearer = ok & (toward * torch.log(r) <= k1 - math.log(_END_RATIO))
+        k2, i2 = torch.where(nearer, key, -math.inf).max(0)
+        found, fit = torch.isfinite(k1), torch.isfinite(k2)
+        log_r1 = torch.where(found, toward * k1, 0.0)
+        log_r2 = torch.where(fit, toward * k2, 0.0)
+
+        def at(t: Tensor, i: Tensor) -> Tensor:
+            return t.gather(0, i.unsqueeze(0))[0]
+
+        g1, g2 = at(log_g, i1), at(log_g, i2)
+        # g ∝ r^(e−1) near the end: e = β > 0 at a finite end; e = −γ < 0 toward an infinite one
+        e = 1 + torch.where(fit, (g1 - g2) / torch.where(fit, log_r1 - log_r2, 1.0), 0.0)
+        e = torch.where(finite | fit, e, -math.inf)  # an infinite end fitted by one node: no light tail seen
+        integrable = torch.where(finite, e > 0, e < 0) & torch.isfinite(e)
+        tail = torch.exp(g1 + log_r1 - torch.log(torch.where(integrable, e.abs(), 1.0)))
+        tail = torch.where(integrable, tail, defect * torch.exp(g1 - at(logp.detach(), i1)))
+        total = total + torch.where(found, torch.nan_to_num(4 * tail, nan=math.inf), 0.0)
+    return total
 
 
 def _reference(dist: Distribution) -> Tensor | None:
