@@ -8,6 +8,7 @@ Monte Carlo targets for coverage. Nothing here is computed by the code under tes
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 import zlib
@@ -508,3 +509,94 @@ def test_studentt_heavy_tails_every_route_exact(df: float, route: str) -> None:
     est = fk.fisher(fk.family("studentt", df=df), t64(0.5, sigma), route, return_error=True)
     err = (est.value - closed).abs()
     assert bool((err <= est.error + 1e-15).all()) and float(err.max()) < 1e-13
+
+
+# --------------------------------------------------------------------------------------------------
+# float32 densities with shapes < 1: their divergences integrated on float64 nodes (the mass x^α below
+# float32's smallest number, where log p − log q ∝ log x is largest) with an honest float32 error bound
+# --------------------------------------------------------------------------------------------------
+def _f32(*v: float) -> list[float]:
+    return [float(np.float32(x)) for x in v]  # the parameters the float32 densities actually have
+
+
+def _oracle_dist(name: str, th: list[float]):
+    t = torch.tensor(th, dtype=F64)
+    if name == "chi2":
+        return torch.distributions.Gamma(t[0] / 2, torch.tensor(0.5, dtype=F64))  # χ²(k) = Gamma(k/2, ½)
+    if name == "gamma":
+        return torch.distributions.Gamma(t[0], t[1])
+    return torch.distributions.Beta(t[0], t[1])
+
+
+def _oracle_logpdf(name: str, th: list[float], x: float) -> float:
+    if name == "chi2":
+        k = th[0] / 2
+        return (k - 1) * math.log(x) - x / 2 - math.lgamma(k) - k * math.log(2)
+    if name == "gamma":
+        a, r = th
+        return a * math.log(r) + (a - 1) * math.log(x) - r * x - math.lgamma(a)
+    a, b = th
+    return (a - 1) * math.log(x) + (b - 1) * math.log1p(-x) + math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+
+
+def _quad_divergence(name: str, tp: list[float], tq: list[float], what: str) -> float:
+    """∫ p·(log p − log q) or ∫ p·(q/p − 1)² by scipy's quad in float64 on x = eᵘ (u from −745: the
+    singular end x^(α−1) at 0 becomes a decaying exponential in u), split at decades."""
+    from scipy import integrate
+
+    def g(u: float) -> float:
+        x = math.exp(u)
+        lp, lq = _oracle_logpdf(name, tp, x), _oracle_logpdf(name, tq, x)
+        if what == "kl":
+            return math.exp(lp + u) * (lp - lq)
+        return math.exp(lp + u) * math.expm1(lq - lp) ** 2
+
+    cuts = [-745, -300, -100, -30, -10, -3, -1, 0] if name == "beta" else [-745, -300, -100, -30, -10, -3, 0, 3, 6]
+    return sum(integrate.quad(g, a, b, limit=200, epsabs=0, epsrel=1e-13)[0] for a, b in itertools.pairwise(cuts))
+
+
+SMALL_SHAPES = [("chi2", (0.24,), (0.3,)), ("gamma", (0.1, 1.0), (0.15, 1.0)), ("beta", (0.12, 2.0), (0.2, 2.0))]
+
+
+@pytest.mark.parametrize("case", SMALL_SHAPES, ids=[c[0] for c in SMALL_SHAPES])
+@pytest.mark.parametrize("what", ["kl", "jeffreys", "chi2"])
+def test_float32_divergences_with_shapes_below_one(case, what: str) -> None:
+    """chi² 0.24 vs 0.3 in float32 gave KL 0.0274459 ± 1.6e-4 (truth 0.0274772, 1.1e-3 off), Gamma
+    0.0958659 ± 1.9e-3 (truth 0.0962889); now within ~2e-6 relative with bounds of ~1e-4 relative."""
+    name, tp, tq = case
+    fam = fk.family(name)
+    p, q = _f32(*tp), _f32(*tq)
+    if what == "kl":
+        truth = float(torch.distributions.kl_divergence(_oracle_dist(name, p), _oracle_dist(name, q)))
+        assert rel(_quad_divergence(name, p, q, "kl"), truth) < 1e-10  # the two oracles agree
+    elif what == "jeffreys":
+        truth = float(
+            torch.distributions.kl_divergence(_oracle_dist(name, p), _oracle_dist(name, q))
+            + torch.distributions.kl_divergence(_oracle_dist(name, q), _oracle_dist(name, p))
+        )
+    else:
+        truth = _quad_divergence(name, p, q, "chi2")
+    fn = {"kl": fk.kl, "jeffreys": fk.jeffreys, "chi2": fk.chi2}[what]
+    est = fn(fam, torch.tensor(p, dtype=F32), torch.tensor(q, dtype=F32), method="exact", return_error=True)
+    assert est.method == "quadrature" and est.value.dtype == F32 and est.error.dtype == F32
+    value, error = float(est.value), float(est.error)
+    err = abs(value - truth)
+    assert err <= max(error, 4 * torch.finfo(F32).eps * truth), (what, value, error, truth)
+    assert err <= 1e-4 * truth, (what, value, error, truth)
+    assert error <= 1e-3 * truth  # the bound is honest and still small
+    # float64 is unchanged: exact
+    est64 = fn(fam, t64(*p), t64(*q), method="exact", return_error=True)
+    assert abs(float(est64.value) - truth) <= max(float(est64.error), 1e-13 * truth) <= 1e-12
+
+
+def test_float32_chi2_divergence_of_large_shapes_states_its_rounding() -> None:
+    """chi² θ ≈ 4571 vs 4626: log Γ(θ/2) ≈ 1.5e4 rounds in float32 to ~1e-3 in log p, cancelling with
+    the terms in x; |log p| does not show it, the error measured against float64 parameters does."""
+    fam = fk.family("chi2")
+    p, q = _f32(4571.2511746511955), _f32(4625.933402785318)
+    ap, aq = p[0] / 2, q[0] / 2
+    # ∫ q²/p − 1 for Gammas of one rate: Γ(a_p)Γ(2a_q − a_p)/Γ(a_q)² − 1
+    truth = math.expm1(math.lgamma(ap) + math.lgamma(2 * aq - ap) - 2 * math.lgamma(aq))
+    est = fk.chi2(fam, torch.tensor(p, dtype=F32), torch.tensor(q, dtype=F32), method="exact", return_error=True)
+    err = abs(float(est.value) - truth)
+    assert err <= float(est.error) <= 0.05 * truth, (float(est.value), float(est.error), truth)

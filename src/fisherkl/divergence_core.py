@@ -86,7 +86,18 @@ def _divergence(
             logp = model.distribution(tp.expand((n, *tp.shape))).log_prob(x)
             logq = model.distribution(tq.expand((n, *tq.shape))).log_prob(x)
             counts = x if scheme == "series" else None
-            return logp, _with_rounding(pointwise, _SENSITIVITY[pointwise], logp, logq, counts)
+            reference = None
+            finer = x.is_floating_point() and tp.is_floating_point()
+            if finer and torch.finfo(x.dtype).bits > torch.finfo(tp.dtype).bits:
+                # a float32 density on float64 nodes: its terms in θ (log Γ(α) ≈ 1.5e4 at a chi² θ of 4571,
+                # which cancel inside log p) round in float32, which |log p| does not show; Δ recomputed
+                # with θ in the nodes' dtype measures that rounding at each node
+                with torch.no_grad():
+                    lp = model.distribution(tp.detach().to(x.dtype).expand((n, *tp.shape))).log_prob(x)
+                    lq = model.distribution(tq.detach().to(x.dtype).expand((n, *tq.shape))).log_prob(x)
+                if lp.dtype == x.dtype and lq.dtype == x.dtype:
+                    reference = lq - lp
+            return logp, _with_rounding(pointwise, _SENSITIVITY[pointwise], logp, logq, counts, tp.dtype, reference)
 
         scheme = exact_scheme(p)
         if method == "exact" and scheme is None:
@@ -232,7 +243,13 @@ def kl_excess(logp: Tensor, logq: Tensor) -> LogScaled:
 
 
 def _with_rounding(
-    pointwise: Pointwise, sensitivity: Pointwise, logp: Tensor, logq: Tensor, counts: Tensor | None
+    pointwise: Pointwise,
+    sensitivity: Pointwise,
+    logp: Tensor,
+    logq: Tensor,
+    counts: Tensor | None,
+    own: torch.dtype | None = None,
+    reference: Tensor | None = None,
 ) -> Tensor | LogScaled:
     """The integrand and, as a second column, its rounding error |∂f/∂Δ|·8ε·m(x).
 
@@ -241,14 +258,27 @@ def _with_rounding(
     nodes removes; its expectation is added to the stated error (it dominates when q is within
     ~1e-8 of p). The terms' size is taken as m(x) = |log p| + |log q|, plus k(1 + log k) for a count k
     (terms like k·log λ and log k! cancel inside the log-pmf of count families).
+
+    ε is that of the parameters' dtype ``own`` where it is coarser than the nodes' (a float32 density
+    integrated on float64 nodes: log p and log q come out float64, but their terms in θ — log Γ(α),
+    α·log β — were rounded in float32, and so is Δ). There ``reference`` (Δ computed with θ in float64)
+    measures Δ's rounding at each node, which may exceed 8ε·m(x) where large terms in θ cancel; twice
+    it is added to 8ε·m(x).
     """
     f, df = pointwise(logp, logq), sensitivity(logp, logq)
     size = logp.detach().abs() + logq.detach().abs()
     if counts is not None:
         k = counts.detach().abs()
         size = size + k * (1 + torch.log(torch.where(k > 0, k, torch.ones_like(k))))
-    ulp = 8 * torch.finfo(logp.dtype).eps * size
+    eps = torch.finfo(logp.dtype).eps
+    if own is not None and own.is_floating_point and not own.is_complex:
+        eps = max(eps, torch.finfo(own).eps)
+    ulp = 8 * eps * size
     ulp = torch.nan_to_num(ulp, nan=0.0, posinf=0.0)
+    if reference is not None:
+        delta = (logq - logp).detach()
+        measured = torch.where(torch.isfinite(delta) & torch.isfinite(reference), (delta - reference).abs(), 0.0)
+        ulp = ulp + 2 * measured
     if isinstance(f, LogScaled):
         assert isinstance(df, LogScaled)
         return LogScaled(torch.stack([f.value, df.value.detach() * ulp], -1), f.log_scale, f.absolute)

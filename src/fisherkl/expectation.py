@@ -512,16 +512,17 @@ def _quadrature(
     still holds real mass — x^α = 1e-5 of it at α = 0.12 — carrying the largest values of a score
     (log x). float64 nodes reach 1e-308, where that mass is 1e-37. The density and integrand keep their
     own precision (torch promotes the terms in x to float64; those in θ stay float32) and the rounding
-    floor of the error is the distribution's. Not done where the integrand estimates its own rounding
-    from its dtype (``noise_column``), on devices without float64 (MPS), or where the integrand does not
-    compute in float64 given float64 nodes (it fails, or returns log p in its own dtype): those integrate
-    on nodes of the distribution's own dtype.
+    floor of the error is the distribution's. An integrand that estimates its own rounding
+    (``noise_column``: the divergences') does so with the distribution's ε, not the nodes'. Not done on
+    devices without float64 (MPS), or where the integrand does not compute in float64 given float64
+    nodes (it fails, or returns log p in its own dtype): those integrate on nodes of the distribution's
+    own dtype.
     """
     ref = _reference(dist)
     own, device = (ref.dtype, ref.device) if ref is not None else (torch.get_default_dtype(), torch.device("cpu"))
-    if torch.finfo(own).bits < 64 and device.type != "mps" and not noise_column:
+    if torch.finfo(own).bits < 64 and device.type != "mps":
         try:
-            args = (rtol, max_level, others, min_level, False, torch.float64, own, device)
+            args = (rtol, max_level, others, min_level, noise_column, torch.float64, own, device)
             value, err = _quadrature_in(dist, integrand, *args)
         except _NotPromotable:
             pass  # integrate in the distribution's own dtype
