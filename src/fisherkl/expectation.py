@@ -522,8 +522,9 @@ def _quadrature(
     own, device = (ref.dtype, ref.device) if ref is not None else (torch.get_default_dtype(), torch.device("cpu"))
     if torch.finfo(own).bits < 64 and device.type != "mps":
         try:
-            args = (rtol, max_level, others, min_level, noise_column, torch.float64, own, device)
-            value, err = _quadrature_in(dist, integrand, *args)
+            value, err = _quadrature_in(
+                dist, integrand, rtol, max_level, others, min_level, noise_column, torch.float64, own, device
+            )
         except _NotPromotable:
             pass  # integrate in the distribution's own dtype
         else:

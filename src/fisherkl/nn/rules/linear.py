@@ -331,8 +331,8 @@ def add_squared_products(out: Tensor, left: Tensor, right: Tensor) -> None:
     """``out`` ``[p, q]`` += Σₙ (Lₙ Rₙ)² (elementwise square) for L ``[m, p, T]``, R ``[m, T, q]``: the products of
     at most ``PRODUCT_BYTES`` at a time, in one buffer reused for every sub-chunk of examples."""
     m, p, q = left.shape[0], left.shape[1], right.shape[2]
-    step = max(1, PRODUCT_BYTES // max(1, p * q * out.element_size()))
-    buf = out.new_empty(min(step, m), p, q) if left.dtype == out.dtype else left.new_empty(min(step, m), p, q)
+    step = max(1, PRODUCT_BYTES // max(1, p * q * left.element_size()))
+    buf = left.new_empty(min(step, m), p, q)
     for i in range(0, m, step):
         d = torch.bmm(left[i : i + step], right[i : i + step], out=buf[: min(m, i + step) - i])
         out += d.square_().sum(0)
